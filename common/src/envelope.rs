@@ -1,0 +1,119 @@
+//! The internal messages that cross the bus.
+//!
+//! A connector turns a valid client frame into an [`Envelope`] (server id, authenticated
+//! sender, origin socket, feature, reference) and publishes it to the domain's processors.
+//! A processor answers with [`ConnectorCommand`]s: frames to write to given sockets, or
+//! sockets to close. Frames in commands are already serialised, so a connector writes them
+//! as they are and many sockets share one buffer.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::frame::Feature;
+use crate::ids::{MessageId, SocketAddress, SocketId, UserId};
+
+/// Most domain hops an envelope may take before it is dropped as looping.
+pub const MAX_HOPS: u8 = 16;
+
+/// One unit of work for a processor.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Envelope {
+    pub id: MessageId,
+    /// The authenticated sender; never taken from the client's frame.
+    pub from: UserId,
+    /// The socket the frame came in on (where fetch results and errors go back).
+    pub origin: SocketAddress,
+    pub feature: Feature,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
+    /// The client's `confirmationEnabled`.
+    pub confirm: bool,
+    pub created_at: u64,
+    #[serde(default)]
+    pub hops: u8,
+    pub body: Body,
+}
+
+/// What an envelope asks for.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Body {
+    Message {
+        to: UserId,
+        content: Box<RawValue>,
+    },
+    GroupMessage {
+        to: Vec<UserId>,
+        content: Box<RawValue>,
+    },
+    CloseConnection {
+        user: UserId,
+    },
+    FetchMissingMessages {
+        count: u32,
+    },
+    /// The connector authenticated `from` on `origin`.
+    UserConnected,
+    /// `from`'s socket `origin` closed.
+    UserDisconnected,
+}
+
+/// One socket a command is for: the user is checked so a reused socket id is never written
+/// to for someone else.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Target {
+    pub user: UserId,
+    pub socket: SocketId,
+}
+
+/// A processor's instruction to one connector.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ConnectorCommand {
+    /// Write `frame` to each target socket, in order after anything sent to it before.
+    Deliver {
+        targets: Vec<Target>,
+        frame: Arc<str>,
+        feature: Feature,
+    },
+    /// Close each target socket with the given reason.
+    Close {
+        targets: Vec<Target>,
+        reason: String,
+    },
+}
+
+/// A connector's answer to a `Deliver` it was asked to report on: for each target, in order,
+/// whether the frame was written to the socket.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryReport {
+    pub written: Vec<bool>,
+}
+
+impl DeliveryReport {
+    pub fn any_written(&self) -> bool {
+        self.written.iter().any(|w| *w)
+    }
+}
+
+/// A message kept for a user who could not take it: delivered by fetch, oldest first.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoredMessage {
+    pub id: MessageId,
+    pub to: UserId,
+    pub created_at: u64,
+    /// The frame to write, ready for the wire.
+    pub frame: String,
+    /// Whom to confirm to, and with which reference, once it is delivered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirm: Option<Confirm>,
+}
+
+/// A pending `MESSAGE_CONFIRMATION`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Confirm {
+    pub to: UserId,
+    pub reference: String,
+}

@@ -1,0 +1,710 @@
+//! Client frames: what a client may send, and the frames the server writes back.
+//!
+//! Inbound text is parsed once, here, into a [`ClientFrame`]; anything wrong becomes a
+//! [`FrameError`] whose `reason()` is the stable code of the `INVALID_MESSAGE` frame. Outbound
+//! frames are `{"type","data","reference"?}` with nulls omitted, built by the `out_*` functions
+//! so the wire shape lives in one file.
+
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::ids::{IdError, UserId};
+
+/// Every frame type of the protocol, with its wire name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum MessageType {
+    AuthClient,
+    AuthClientReply,
+    AuthRequired,
+    Message,
+    MessageConfirmation,
+    GroupMessage,
+    CloseConnection,
+    FetchMissingMessagesRequest,
+    FetchMissingMessagesComplete,
+    UserConnected,
+    UserDisconnected,
+    InvalidMessage,
+    GeneralError,
+    // Internal types of the original system: known, so a client sending one is told it is
+    // forbidden rather than unknown.
+    Any,
+    GroupConnectorMessage,
+    MessageStateChanged,
+    DeliverFailed,
+    InternalMessage,
+}
+
+impl MessageType {
+    const ALL: [MessageType; 18] = [
+        MessageType::AuthClient,
+        MessageType::AuthClientReply,
+        MessageType::AuthRequired,
+        MessageType::Message,
+        MessageType::MessageConfirmation,
+        MessageType::GroupMessage,
+        MessageType::CloseConnection,
+        MessageType::FetchMissingMessagesRequest,
+        MessageType::FetchMissingMessagesComplete,
+        MessageType::UserConnected,
+        MessageType::UserDisconnected,
+        MessageType::InvalidMessage,
+        MessageType::GeneralError,
+        MessageType::Any,
+        MessageType::GroupConnectorMessage,
+        MessageType::MessageStateChanged,
+        MessageType::DeliverFailed,
+        MessageType::InternalMessage,
+    ];
+
+    /// The wire name, e.g. `FETCH_MISSING_MESSAGES_REQUEST`.
+    pub fn wire_name(self) -> &'static str {
+        match self {
+            MessageType::AuthClient => "AUTH_CLIENT",
+            MessageType::AuthClientReply => "AUTH_CLIENT_REPLY",
+            MessageType::AuthRequired => "AUTH_REQUIRED",
+            MessageType::Message => "MESSAGE",
+            MessageType::MessageConfirmation => "MESSAGE_CONFIRMATION",
+            MessageType::GroupMessage => "GROUP_MESSAGE",
+            MessageType::CloseConnection => "CLOSE_CONNECTION",
+            MessageType::FetchMissingMessagesRequest => "FETCH_MISSING_MESSAGES_REQUEST",
+            MessageType::FetchMissingMessagesComplete => "FETCH_MISSING_MESSAGES_COMPLETE",
+            MessageType::UserConnected => "USER_CONNECTED",
+            MessageType::UserDisconnected => "USER_DISCONNECTED",
+            MessageType::InvalidMessage => "INVALID_MESSAGE",
+            MessageType::GeneralError => "GENERAL_ERROR",
+            MessageType::Any => "ANY",
+            MessageType::GroupConnectorMessage => "GROUP_CONNECTOR_MESSAGE",
+            MessageType::MessageStateChanged => "MESSAGE_STATE_CHANGED",
+            MessageType::DeliverFailed => "DELIVER_FAILED",
+            MessageType::InternalMessage => "INTERNAL_MESSAGE",
+        }
+    }
+
+    pub fn from_wire(name: &str) -> Option<MessageType> {
+        Self::ALL.into_iter().find(|t| t.wire_name() == name)
+    }
+
+    /// The types a client may send.
+    pub fn client_may_send(self) -> bool {
+        matches!(
+            self,
+            MessageType::AuthClient
+                | MessageType::Message
+                | MessageType::GroupMessage
+                | MessageType::CloseConnection
+                | MessageType::FetchMissingMessagesRequest
+        )
+    }
+}
+
+/// `FAST` travels in memory only; `RELIABLE` (the default) is never lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Feature {
+    Fast,
+    #[default]
+    Reliable,
+}
+
+/// Limits applied while parsing.
+#[derive(Debug, Clone, Copy)]
+pub struct ParseLimits {
+    /// Most recipients in one GROUP_MESSAGE.
+    pub max_group_size: usize,
+    /// Longest `reference` accepted, in bytes.
+    pub max_reference_len: usize,
+}
+
+impl Default for ParseLimits {
+    fn default() -> Self {
+        ParseLimits {
+            max_group_size: 1000,
+            max_reference_len: 256,
+        }
+    }
+}
+
+/// What was wrong with a client frame. `reason()` is the wire code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("the frame is not valid JSON: {0}")]
+    InvalidJson(String),
+    #[error("field `{0}` is missing")]
+    MissingField(&'static str),
+    #[error("field `{field}` {expected}")]
+    InvalidField {
+        field: &'static str,
+        expected: &'static str,
+    },
+    #[error("unknown message type `{0}`")]
+    UnknownType(String),
+    #[error("message type {} may not be sent by a client", .0.wire_name())]
+    ForbiddenType(MessageType),
+    #[error("field `{field}`: user id `{id}` is reserved")]
+    ReservedId { field: &'static str, id: String },
+    #[error("field `{field}`: `{id}` is not a user id of the form <app>-<number>")]
+    InvalidUserId { field: &'static str, id: String },
+    #[error("binary frames are not accepted; send JSON text frames")]
+    Binary,
+    #[error("frame of {size} bytes exceeds the limit of {limit} bytes")]
+    TooLarge { size: usize, limit: usize },
+}
+
+impl FrameError {
+    /// The stable reason code carried in `INVALID_MESSAGE.data.reason`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            FrameError::InvalidJson(_) => "INVALID_JSON",
+            FrameError::MissingField(_) => "MISSING_FIELD",
+            FrameError::InvalidField { .. } => "INVALID_FIELD",
+            FrameError::UnknownType(_) => "UNKNOWN_TYPE",
+            FrameError::ForbiddenType(_) => "FORBIDDEN_TYPE",
+            FrameError::ReservedId { .. } => "RESERVED_ID",
+            FrameError::InvalidUserId { .. } => "INVALID_USER_ID",
+            FrameError::Binary => "BINARY_FRAME",
+            FrameError::TooLarge { .. } => "FRAME_TOO_LARGE",
+        }
+    }
+
+    /// The field the error is about, if any.
+    pub fn field(&self) -> Option<&'static str> {
+        match self {
+            FrameError::MissingField(f) => Some(f),
+            FrameError::InvalidField { field, .. }
+            | FrameError::ReservedId { field, .. }
+            | FrameError::InvalidUserId { field, .. } => Some(field),
+            _ => None,
+        }
+    }
+}
+
+/// A valid client frame, with the top-level options every frame may carry.
+#[derive(Debug)]
+pub struct ClientFrame {
+    pub body: ClientBody,
+    pub reference: Option<String>,
+    pub feature: Feature,
+    pub confirmation_enabled: bool,
+}
+
+/// The typed `data` of each client frame type.
+#[derive(Debug)]
+pub enum ClientBody {
+    AuthClient {
+        app_id: String,
+        user_id: String,
+        token: Option<String>,
+    },
+    Message {
+        to: UserId,
+        content: Box<RawValue>,
+    },
+    GroupMessage {
+        to: Vec<UserId>,
+        content: Box<RawValue>,
+    },
+    CloseConnection {
+        user_id: UserId,
+    },
+    FetchMissingMessages {
+        count: u32,
+    },
+}
+
+impl ClientBody {
+    pub fn message_type(&self) -> MessageType {
+        match self {
+            ClientBody::AuthClient { .. } => MessageType::AuthClient,
+            ClientBody::Message { .. } => MessageType::Message,
+            ClientBody::GroupMessage { .. } => MessageType::GroupMessage,
+            ClientBody::CloseConnection { .. } => MessageType::CloseConnection,
+            ClientBody::FetchMissingMessages { .. } => MessageType::FetchMissingMessagesRequest,
+        }
+    }
+}
+
+/// A frame that failed to parse, with the `reference` it carried if that much was readable
+/// (so the error frame can echo it).
+#[derive(Debug)]
+pub struct Rejected {
+    pub error: FrameError,
+    pub reference: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RawFrame<'a> {
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    data: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    reference: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    feature: Option<&'a RawValue>,
+    #[serde(rename = "confirmationEnabled", borrow, default)]
+    confirmation_enabled: Option<&'a RawValue>,
+}
+
+/// Parses one client text frame.
+pub fn parse_client_frame(text: &str, limits: &ParseLimits) -> Result<ClientFrame, Rejected> {
+    let raw: RawFrame<'_> = serde_json::from_str(text).map_err(|e| Rejected {
+        error: if e.is_data() {
+            FrameError::InvalidField {
+                field: "frame",
+                expected: "must be a JSON object",
+            }
+        } else {
+            FrameError::InvalidJson(e.to_string())
+        },
+        reference: None,
+    })?;
+    let reference =
+        optional::<String>(raw.reference, "reference", "must be a string").map_err(|error| {
+            Rejected {
+                error,
+                reference: None,
+            }
+        })?;
+    let reject = |error| Rejected {
+        error,
+        reference: reference.clone(),
+    };
+    if let Some(r) = &reference {
+        if r.len() > limits.max_reference_len {
+            return Err(reject(FrameError::InvalidField {
+                field: "reference",
+                expected: "must be at most 256 bytes",
+            }));
+        }
+    }
+    let kind: Cow<'_, str> = required(raw.kind, "type", "must be a string").map_err(reject)?;
+    let message_type = MessageType::from_wire(&kind)
+        .ok_or_else(|| reject(FrameError::UnknownType(kind.into())))?;
+    if !message_type.client_may_send() {
+        return Err(reject(FrameError::ForbiddenType(message_type)));
+    }
+    let feature = optional::<Feature>(raw.feature, "feature", "must be \"RELIABLE\" or \"FAST\"")
+        .map_err(reject)?
+        .unwrap_or_default();
+    let confirmation_enabled = optional::<bool>(
+        raw.confirmation_enabled,
+        "confirmationEnabled",
+        "must be a boolean",
+    )
+    .map_err(reject)?
+    .unwrap_or(true);
+    let data = raw
+        .data
+        .ok_or(FrameError::MissingField("data"))
+        .map_err(reject)?;
+    let body = parse_body(message_type, data, limits).map_err(reject)?;
+    Ok(ClientFrame {
+        body,
+        reference,
+        feature,
+        confirmation_enabled,
+    })
+}
+
+#[derive(Deserialize, Default)]
+struct RawData<'a> {
+    #[serde(rename = "appId", borrow, default)]
+    app_id: Option<&'a RawValue>,
+    #[serde(rename = "userId", borrow, default)]
+    user_id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    token: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    to: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    content: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    count: Option<&'a RawValue>,
+}
+
+fn parse_body(
+    message_type: MessageType,
+    data: &RawValue,
+    limits: &ParseLimits,
+) -> Result<ClientBody, FrameError> {
+    let data: RawData<'_> =
+        serde_json::from_str(data.get()).map_err(|_| FrameError::InvalidField {
+            field: "data",
+            expected: "must be an object",
+        })?;
+    match message_type {
+        MessageType::AuthClient => Ok(ClientBody::AuthClient {
+            app_id: required::<String>(data.app_id, "appId", "must be a string")?,
+            user_id: required::<String>(data.user_id, "userId", "must be a string")?,
+            token: optional::<String>(data.token, "token", "must be a string")?,
+        }),
+        MessageType::Message => Ok(ClientBody::Message {
+            to: user_id(
+                &required::<Cow<'_, str>>(data.to, "to", "must be a user id string")?,
+                "to",
+            )?,
+            content: content(data.content)?,
+        }),
+        MessageType::GroupMessage => {
+            let raw: Vec<Cow<'_, str>> =
+                required(data.to, "to", "must be an array of user id strings")?;
+            if raw.is_empty() {
+                return Err(FrameError::InvalidField {
+                    field: "to",
+                    expected: "must name at least one user",
+                });
+            }
+            if raw.len() > limits.max_group_size {
+                return Err(FrameError::InvalidField {
+                    field: "to",
+                    expected: "names more users than the group size limit",
+                });
+            }
+            let mut to = Vec::with_capacity(raw.len());
+            for id in &raw {
+                let id = user_id(id, "to")?;
+                if !to.contains(&id) {
+                    to.push(id);
+                }
+            }
+            Ok(ClientBody::GroupMessage {
+                to,
+                content: content(data.content)?,
+            })
+        }
+        MessageType::CloseConnection => Ok(ClientBody::CloseConnection {
+            user_id: user_id(
+                &required::<Cow<'_, str>>(data.user_id, "userId", "must be a user id string")?,
+                "userId",
+            )?,
+        }),
+        MessageType::FetchMissingMessagesRequest => {
+            let count: i64 = required(data.count, "count", "must be an integer")?;
+            if count <= 0 {
+                return Err(FrameError::InvalidField {
+                    field: "count",
+                    expected: "must be greater than 0",
+                });
+            }
+            Ok(ClientBody::FetchMissingMessages {
+                count: count.min(u32::MAX as i64) as u32,
+            })
+        }
+        other => Err(FrameError::ForbiddenType(other)),
+    }
+}
+
+fn content(raw: Option<&RawValue>) -> Result<Box<RawValue>, FrameError> {
+    match raw {
+        Some(raw) if raw.get() != "null" => Ok(raw.to_owned()),
+        _ => Err(FrameError::MissingField("content")),
+    }
+}
+
+fn user_id(raw: &str, field: &'static str) -> Result<UserId, FrameError> {
+    UserId::parse(raw).map_err(|e| match e {
+        IdError::Reserved(id) => FrameError::ReservedId { field, id },
+        IdError::Malformed(id) => FrameError::InvalidUserId { field, id },
+    })
+}
+
+/// A field that must be present and non-null.
+fn required<'a, T: Deserialize<'a>>(
+    raw: Option<&'a RawValue>,
+    field: &'static str,
+    expected: &'static str,
+) -> Result<T, FrameError> {
+    optional(raw, field, expected)?.ok_or(FrameError::MissingField(field))
+}
+
+/// A field that may be absent or null.
+fn optional<'a, T: Deserialize<'a>>(
+    raw: Option<&'a RawValue>,
+    field: &'static str,
+    expected: &'static str,
+) -> Result<Option<T>, FrameError> {
+    match raw {
+        None => Ok(None),
+        Some(raw) if raw.get() == "null" => Ok(None),
+        Some(raw) => serde_json::from_str(raw.get())
+            .map(Some)
+            .map_err(|_| FrameError::InvalidField { field, expected }),
+    }
+}
+
+// ---- outbound frames -------------------------------------------------------------------
+
+#[derive(Serialize)]
+struct Out<'a, D: Serialize> {
+    #[serde(rename = "type")]
+    kind: MessageType,
+    data: D,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reference: Option<&'a str>,
+}
+
+fn write<D: Serialize>(kind: MessageType, data: D, reference: Option<&str>) -> String {
+    serde_json::to_string(&Out {
+        kind,
+        data,
+        reference,
+    })
+    .expect("outbound frames are plain data and always serialise")
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct AuthReply<'a> {
+    app_id: &'a str,
+    user_id: &'a str,
+    is_authenticated: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
+}
+
+/// `AUTH_CLIENT_REPLY {appId, userId, isAuthenticated, reason?}`.
+pub fn out_auth_reply(app_id: &str, user_id: &str, ok: bool, reason: Option<&str>) -> String {
+    write(
+        MessageType::AuthClientReply,
+        AuthReply {
+            app_id,
+            user_id,
+            is_authenticated: ok,
+            reason,
+        },
+        None,
+    )
+}
+
+/// `AUTH_REQUIRED {}`, echoing the frame's reference.
+pub fn out_auth_required(reference: Option<&str>) -> String {
+    write(MessageType::AuthRequired, Empty {}, reference)
+}
+
+#[derive(Serialize)]
+struct Empty {}
+
+#[derive(Serialize)]
+struct Forward<'a> {
+    from: &'a str,
+    content: &'a RawValue,
+}
+
+/// `MESSAGE {from, content}` with the sender's reference at top level.
+pub fn out_message(from: &UserId, content: &RawValue, reference: Option<&str>) -> String {
+    write(
+        MessageType::Message,
+        Forward {
+            from: from.as_str(),
+            content,
+        },
+        reference,
+    )
+}
+
+#[derive(Serialize)]
+struct Reference<'a> {
+    reference: &'a str,
+}
+
+/// `MESSAGE_CONFIRMATION {reference}` (the reference is inside data, as in the original).
+pub fn out_confirmation(reference: &str) -> String {
+    write(
+        MessageType::MessageConfirmation,
+        Reference { reference },
+        None,
+    )
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct UserEvent<'a> {
+    user_id: &'a str,
+}
+
+/// `USER_CONNECTED {userId}` or `USER_DISCONNECTED {userId}`, for a master user.
+pub fn out_user_event(connected: bool, user: &UserId) -> String {
+    let kind = if connected {
+        MessageType::UserConnected
+    } else {
+        MessageType::UserDisconnected
+    };
+    write(
+        kind,
+        UserEvent {
+            user_id: user.as_str(),
+        },
+        None,
+    )
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct FetchComplete {
+    left_missing_count: u64,
+}
+
+/// `FETCH_MISSING_MESSAGES_COMPLETE {leftMissingCount}`.
+pub fn out_fetch_complete(left_missing_count: u64, reference: Option<&str>) -> String {
+    write(
+        MessageType::FetchMissingMessagesComplete,
+        FetchComplete { left_missing_count },
+        reference,
+    )
+}
+
+#[derive(Serialize)]
+struct ErrorData<'a> {
+    reason: &'a str,
+    detail: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'a str>,
+}
+
+/// `INVALID_MESSAGE {reason, detail, field?}`: the client sent something wrong.
+pub fn out_invalid(error: &FrameError, reference: Option<&str>) -> String {
+    write(
+        MessageType::InvalidMessage,
+        ErrorData {
+            reason: error.reason(),
+            detail: &error.to_string(),
+            field: error.field(),
+        },
+        reference,
+    )
+}
+
+/// `INVALID_MESSAGE` with a reason decided outside parsing (e.g. `NOT_MASTER`).
+pub fn out_invalid_reason(reason: &str, detail: &str, reference: Option<&str>) -> String {
+    write(
+        MessageType::InvalidMessage,
+        ErrorData {
+            reason,
+            detail,
+            field: None,
+        },
+        reference,
+    )
+}
+
+/// `GENERAL_ERROR {reason, detail}`: the server could not do what a valid frame asked.
+pub fn out_general_error(reason: &str, detail: &str, reference: Option<&str>) -> String {
+    write(
+        MessageType::GeneralError,
+        ErrorData {
+            reason,
+            detail,
+            field: None,
+        },
+        reference,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<ClientFrame, FrameError> {
+        parse_client_frame(text, &ParseLimits::default()).map_err(|r| r.error)
+    }
+
+    #[test]
+    fn message_frame_parses_with_defaults() {
+        let f = parse(r#"{"type":"MESSAGE","data":{"to":"ANZ-1","content":"hi"}}"#).unwrap();
+        assert_eq!(f.feature, Feature::Reliable);
+        assert!(f.confirmation_enabled);
+        assert!(f.reference.is_none());
+        match f.body {
+            ClientBody::Message { to, content } => {
+                assert_eq!(to.as_str(), "ANZ-1");
+                assert_eq!(content.get(), "\"hi\"");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn explicit_null_feature_means_reliable() {
+        let f = parse(r#"{"type":"MESSAGE","feature":null,"data":{"to":"ANZ-1","content":1}}"#)
+            .unwrap();
+        assert_eq!(f.feature, Feature::Reliable);
+    }
+
+    #[test]
+    fn each_bad_input_has_its_reason() {
+        let cases = [
+            ("{not json", "INVALID_JSON"),
+            ("[1,2]", "INVALID_FIELD"),
+            (r#"{"data":{}}"#, "MISSING_FIELD"),
+            (r#"{"type":5,"data":{}}"#, "INVALID_FIELD"),
+            (r#"{"type":"NOPE","data":{}}"#, "UNKNOWN_TYPE"),
+            (r#"{"type":"INTERNAL_MESSAGE","data":{}}"#, "FORBIDDEN_TYPE"),
+            (r#"{"type":"MESSAGE"}"#, "MISSING_FIELD"),
+            (r#"{"type":"MESSAGE","data":"x"}"#, "INVALID_FIELD"),
+            (
+                r#"{"type":"MESSAGE","data":{"to":"ANZ-1"}}"#,
+                "MISSING_FIELD",
+            ),
+            (
+                r#"{"type":"MESSAGE","data":{"to":7,"content":"x"}}"#,
+                "INVALID_FIELD",
+            ),
+            (
+                r#"{"type":"MESSAGE","data":{"to":"Connector-1","content":"x"}}"#,
+                "RESERVED_ID",
+            ),
+            (
+                r#"{"type":"MESSAGE","data":{"to":"nobody","content":"x"}}"#,
+                "INVALID_USER_ID",
+            ),
+            (
+                r#"{"type":"GROUP_MESSAGE","data":{"to":[],"content":"x"}}"#,
+                "INVALID_FIELD",
+            ),
+            (
+                r#"{"type":"FETCH_MISSING_MESSAGES_REQUEST","data":{"count":0}}"#,
+                "INVALID_FIELD",
+            ),
+            (
+                r#"{"type":"FETCH_MISSING_MESSAGES_REQUEST","data":{"count":"3"}}"#,
+                "INVALID_FIELD",
+            ),
+            (
+                r#"{"type":"MESSAGE","feature":"SLOW","data":{"to":"ANZ-1","content":"x"}}"#,
+                "INVALID_FIELD",
+            ),
+        ];
+        for (text, reason) in cases {
+            let err = parse(text).expect_err(text);
+            assert_eq!(err.reason(), reason, "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn rejected_frames_keep_their_reference() {
+        let r = parse_client_frame(
+            r#"{"type":"NOPE","reference":"r1","data":{}}"#,
+            &ParseLimits::default(),
+        )
+        .unwrap_err();
+        assert_eq!(r.reference.as_deref(), Some("r1"));
+    }
+
+    #[test]
+    fn outbound_message_omits_null_reference() {
+        let from = UserId::parse("ANZ-1").unwrap();
+        let content = RawValue::from_string("\"hi\"".into()).unwrap();
+        assert_eq!(
+            out_message(&from, &content, None),
+            r#"{"type":"MESSAGE","data":{"from":"ANZ-1","content":"hi"}}"#
+        );
+        assert_eq!(
+            out_message(&from, &content, Some("r")),
+            r#"{"type":"MESSAGE","data":{"from":"ANZ-1","content":"hi"},"reference":"r"}"#
+        );
+    }
+}

@@ -1,0 +1,212 @@
+//! The network as one domain sees it: which domain a user lives on, and the domain graph.
+//!
+//! A user's home domain is the first `userDistributions` range of their app (or, if the app
+//! has none, of the top level) that holds their number. An app with no ranges anywhere lives
+//! wholly on the local domain, as in the single-domain built-in config. The graph is an
+//! undirected petgraph over `domains` and `domainLinks`; `next_hop` takes the first step of a
+//! shortest path over the links currently up.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use petgraph::graph::{NodeIndex, UnGraph};
+
+use crate::config::{ClientApp, NetworkConfig, UserDistribution};
+use crate::ids::{DomainName, UserId};
+
+/// Where a user lives, from the local domain's point of view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Home {
+    Local,
+    Remote(DomainName),
+}
+
+/// A validated network config, indexed for the lookups done per message.
+#[derive(Debug, Clone)]
+pub struct Network {
+    config: NetworkConfig,
+    local: DomainName,
+    apps: HashMap<String, usize>,
+    graph: UnGraph<DomainName, ()>,
+    nodes: HashMap<DomainName, NodeIndex>,
+}
+
+impl Network {
+    /// Indexes `config` (already validated) for the domain named `local`.
+    pub fn new(config: NetworkConfig, local: DomainName) -> Network {
+        let apps = config
+            .client_apps
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (a.app_name.clone(), i))
+            .collect();
+        let mut graph = UnGraph::new_undirected();
+        let mut nodes = HashMap::new();
+        for d in &config.domains {
+            let name = DomainName::new(&d.name);
+            nodes.insert(name.clone(), graph.add_node(name));
+        }
+        for l in &config.domain_links {
+            if let (Some(a), Some(b)) = (
+                nodes.get(&DomainName::new(&l.n1)),
+                nodes.get(&DomainName::new(&l.n2)),
+            ) {
+                graph.add_edge(*a, *b, ());
+            }
+        }
+        Network {
+            config,
+            local,
+            apps,
+            graph,
+            nodes,
+        }
+    }
+
+    pub fn config(&self) -> &NetworkConfig {
+        &self.config
+    }
+
+    pub fn local_domain(&self) -> &DomainName {
+        &self.local
+    }
+
+    pub fn app(&self, app_name: &str) -> Option<&ClientApp> {
+        self.apps
+            .get(app_name)
+            .map(|i| &self.config.client_apps[*i])
+    }
+
+    /// True if `user` is the master user of their app.
+    pub fn is_master(&self, user: &UserId) -> bool {
+        self.app(user.app())
+            .and_then(|a| a.master_user_id.as_deref())
+            .is_some_and(|m| m == user.as_str())
+    }
+
+    /// The master user of `user`'s app, if it has one.
+    pub fn master_of(&self, user: &UserId) -> Option<UserId> {
+        self.app(user.app())
+            .and_then(|a| a.master_user_id.as_deref())
+            .and_then(|m| UserId::parse(m).ok())
+    }
+
+    /// The domain `user` lives on; `None` if no range holds their number.
+    pub fn home(&self, user: &UserId) -> Option<Home> {
+        let ranges: &[UserDistribution] = match self.app(user.app()) {
+            Some(app) if !app.user_distributions.is_empty() => &app.user_distributions,
+            _ => &self.config.user_distributions,
+        };
+        if ranges.is_empty() {
+            return Some(Home::Local);
+        }
+        let number = user.number();
+        let range = ranges.iter().find(|r| r.contains(number))?;
+        if range.domain_name == self.local.as_str() {
+            Some(Home::Local)
+        } else {
+            Some(Home::Remote(DomainName::new(&range.domain_name)))
+        }
+    }
+
+    /// The first step from the local domain towards `target` over links not in `down`;
+    /// `None` if no path is left.
+    pub fn next_hop(&self, target: &DomainName, down: &HashSet<DomainName>) -> Option<DomainName> {
+        let from = *self.nodes.get(&self.local)?;
+        let to = *self.nodes.get(target)?;
+        if from == to {
+            return Some(self.local.clone());
+        }
+        // Breadth-first search over domains that are up, keeping each node's parent.
+        let mut parent: HashMap<NodeIndex, NodeIndex> = HashMap::new();
+        let mut seen: HashSet<NodeIndex> = HashSet::from([from]);
+        let mut queue = VecDeque::from([from]);
+        while let Some(n) = queue.pop_front() {
+            if n == to {
+                break;
+            }
+            for m in self.graph.neighbors(n) {
+                if down.contains(&self.graph[m]) || !seen.insert(m) {
+                    continue;
+                }
+                parent.insert(m, n);
+                queue.push_back(m);
+            }
+        }
+        let mut step = to;
+        loop {
+            let p = *parent.get(&step)?;
+            if p == from {
+                return Some(self.graph[step].clone());
+            }
+            step = p;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{DomainConfig, DomainLink};
+
+    fn ring() -> NetworkConfig {
+        let mut c = NetworkConfig::single_domain("d1");
+        c.domains = ["d1", "d2", "d3", "d4"]
+            .iter()
+            .map(|n| DomainConfig {
+                name: n.to_string(),
+                urls: vec![],
+            })
+            .collect();
+        c.domain_links = [("d1", "d2"), ("d2", "d3"), ("d3", "d4"), ("d4", "d1")]
+            .iter()
+            .map(|(a, b)| DomainLink {
+                n1: a.to_string(),
+                n2: b.to_string(),
+            })
+            .collect();
+        c.user_distributions = vec![
+            UserDistribution {
+                domain_name: "d1".into(),
+                from: 0,
+                to: Some(999_999),
+            },
+            UserDistribution {
+                domain_name: "d3".into(),
+                from: 3_000_000,
+                to: None,
+            },
+        ];
+        c
+    }
+
+    #[test]
+    fn users_map_to_their_home_domain_by_number() {
+        let n = Network::new(ring(), DomainName::new("d1"));
+        let home = |id: &str| n.home(&UserId::parse(id).unwrap());
+        assert_eq!(home("ANZ-123456"), Some(Home::Local));
+        assert_eq!(
+            home("ANZ-3123456"),
+            Some(Home::Remote(DomainName::new("d3")))
+        );
+        assert_eq!(home("ANZ-1500000"), None);
+    }
+
+    #[test]
+    fn next_hop_goes_around_a_link_that_is_down() {
+        let n = Network::new(ring(), DomainName::new("d1"));
+        let none = HashSet::new();
+        assert_eq!(
+            n.next_hop(&DomainName::new("d2"), &none),
+            Some(DomainName::new("d2"))
+        );
+        let hop = n.next_hop(&DomainName::new("d3"), &none).unwrap();
+        assert!(hop.as_str() == "d2" || hop.as_str() == "d4");
+        let down: HashSet<_> = [DomainName::new("d2")].into();
+        assert_eq!(
+            n.next_hop(&DomainName::new("d3"), &down),
+            Some(DomainName::new("d4"))
+        );
+        let all: HashSet<_> = [DomainName::new("d2"), DomainName::new("d4")].into();
+        assert_eq!(n.next_hop(&DomainName::new("d3"), &all), None);
+    }
+}
