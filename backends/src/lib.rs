@@ -1,14 +1,17 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
+//! The engines behind the `Bus`, `Store` and `Presence` traits.
+//!
+//! Layout:
+//! - [`memory_bus`]: the in-process bus of `linker domain` (FAST and RELIABLE in memory).
+//! - [`memory_presence`]: in-process presence and per-user locks.
+//! - [`embedded_store`]: the crash-safe embedded store (redb) under `./data`.
+//!
+//! Split-mode engines (NATS, Kafka, Redis, MongoDB) join as further modules; nothing outside
+//! this crate names an engine.
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+pub mod embedded_store;
+pub mod memory_bus;
+pub mod memory_presence;
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+pub use embedded_store::EmbeddedStore;
+pub use memory_bus::MemoryBus;
+pub use memory_presence::MemoryPresence;

@@ -1,0 +1,241 @@
+//! The embedded store: undelivered messages in one redb file under the data directory.
+//!
+//! redb was chosen over SQLite: it is pure Rust (no C toolchain in the build), its commits are
+//! crash-safe (copy-on-write B-trees, fsync at commit) and it needs no schema or SQL layer for
+//! the three operations we do. Messages are keyed `(user, message id)`; ids are UUID v7, so a
+//! user's range reads oldest first. A per-user count is kept in the same transaction.
+//!
+//! Writes go through one writer thread that commits every pending write in one transaction
+//! (group commit): one fsync covers many messages under load, and `persist` returns only once
+//! its transaction is on disk.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use tokio::sync::{mpsc, oneshot};
+
+use common::envelope::StoredMessage;
+use common::ids::{MessageId, UserId};
+use common::store::{Fetched, Store, StoreError};
+
+const MESSAGES: TableDefinition<(&str, u128), &[u8]> = TableDefinition::new("messages");
+const COUNTS: TableDefinition<&str, u64> = TableDefinition::new("counts");
+
+/// Most writes committed in one transaction.
+const MAX_BATCH: usize = 512;
+
+enum Write {
+    Persist(StoredMessage, oneshot::Sender<Result<(), StoreError>>),
+    Remove(UserId, MessageId, oneshot::Sender<Result<(), StoreError>>),
+}
+
+pub struct EmbeddedStore {
+    db: Arc<Database>,
+    writes: Option<mpsc::Sender<Write>>,
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for EmbeddedStore {
+    /// Lets the writer finish what it holds and release the file, so it can be opened again.
+    fn drop(&mut self) {
+        self.writes.take();
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) `dir/messages.redb`.
+    pub fn open(dir: &Path) -> Result<EmbeddedStore, StoreError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| unavailable(format!("cannot create {}: {e}", dir.display())))?;
+        let path = dir.join("messages.redb");
+        let db = Database::create(&path)
+            .map_err(|e| unavailable(format!("cannot open {}: {e}", path.display())))?;
+        let txn = db.begin_write().map_err(unavailable)?;
+        txn.open_table(MESSAGES).map_err(unavailable)?;
+        txn.open_table(COUNTS).map_err(unavailable)?;
+        txn.commit().map_err(unavailable)?;
+        let db = Arc::new(db);
+        let (writes, rx) = mpsc::channel(4096);
+        let writer_db = db.clone();
+        let writer = std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || writer(writer_db, rx))
+            .map_err(unavailable)?;
+        Ok(EmbeddedStore {
+            db,
+            writes: Some(writes),
+            writer: Some(writer),
+        })
+    }
+
+    async fn write(&self, make: impl FnOnce(oneshot::Sender<Result<(), StoreError>>) -> Write)
+    -> Result<(), StoreError> {
+        let (tx, rx) = oneshot::channel();
+        let writes = self.writes.as_ref().expect("set until drop");
+        writes
+            .send(make(tx))
+            .await
+            .map_err(|_| unavailable("store writer stopped"))?;
+        rx.await.map_err(|_| unavailable("store writer stopped"))?
+    }
+}
+
+/// Applies writes in batches, one transaction (one fsync) per batch.
+fn writer(db: Arc<Database>, mut rx: mpsc::Receiver<Write>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(w) => batch.push(w),
+                Err(_) => break,
+            }
+        }
+        let result = apply(&db, &batch);
+        for w in batch.drain(..) {
+            let reply = match w {
+                Write::Persist(_, reply) | Write::Remove(_, _, reply) => reply,
+            };
+            let _ = reply.send(result.clone());
+        }
+    }
+}
+
+fn apply(db: &Database, batch: &[Write]) -> Result<(), StoreError> {
+    let txn = db.begin_write().map_err(unavailable)?;
+    {
+        let mut messages = txn.open_table(MESSAGES).map_err(unavailable)?;
+        let mut counts = txn.open_table(COUNTS).map_err(unavailable)?;
+        for w in batch {
+            match w {
+                Write::Persist(m, _) => {
+                    let bytes = serde_json::to_vec(m).map_err(unavailable)?;
+                    let key = (m.to.as_str(), m.id.0.as_u128());
+                    let existed = messages
+                        .insert(key, bytes.as_slice())
+                        .map_err(unavailable)?
+                        .is_some();
+                    if !existed {
+                        bump(&mut counts, m.to.as_str(), 1)?;
+                    }
+                }
+                Write::Remove(user, id, _) => {
+                    let existed = messages
+                        .remove((user.as_str(), id.0.as_u128()))
+                        .map_err(unavailable)?
+                        .is_some();
+                    if existed {
+                        bump(&mut counts, user.as_str(), -1)?;
+                    }
+                }
+            }
+        }
+    }
+    txn.commit().map_err(unavailable)
+}
+
+fn bump(counts: &mut redb::Table<&str, u64>, user: &str, delta: i64) -> Result<(), StoreError> {
+    let current = counts.get(user).map_err(unavailable)?.map(|v| v.value());
+    let next = (current.unwrap_or(0) as i64 + delta).max(0) as u64;
+    if next == 0 {
+        counts.remove(user).map_err(unavailable)?;
+    } else {
+        counts.insert(user, next).map_err(unavailable)?;
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl Store for EmbeddedStore {
+    async fn persist(&self, message: &StoredMessage) -> Result<(), StoreError> {
+        let message = message.clone();
+        self.write(|reply| Write::Persist(message, reply)).await
+    }
+
+    async fn fetch(&self, user: &UserId, limit: usize) -> Result<Fetched, StoreError> {
+        let db = self.db.clone();
+        let user = user.clone();
+        tokio::task::spawn_blocking(move || {
+            let txn = db.begin_read().map_err(unavailable)?;
+            let total = txn
+                .open_table(COUNTS)
+                .map_err(unavailable)?
+                .get(user.as_str())
+                .map_err(unavailable)?
+                .map(|v| v.value())
+                .unwrap_or(0);
+            let table = txn.open_table(MESSAGES).map_err(unavailable)?;
+            let mut messages = Vec::with_capacity(limit.min(total as usize));
+            let range = table
+                .range((user.as_str(), 0u128)..=(user.as_str(), u128::MAX))
+                .map_err(unavailable)?;
+            for row in range.take(limit) {
+                let (_, value) = row.map_err(unavailable)?;
+                let m: StoredMessage = serde_json::from_slice(value.value())
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                messages.push(m);
+            }
+            Ok(Fetched { messages, total })
+        })
+        .await
+        .map_err(unavailable)?
+    }
+
+    async fn remove(&self, user: &UserId, id: MessageId) -> Result<(), StoreError> {
+        let user = user.clone();
+        self.write(|reply| Write::Remove(user, id, reply)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use common::envelope::StoredMessage;
+
+    fn message(to: &UserId, n: u32) -> StoredMessage {
+        StoredMessage {
+            id: MessageId::new(),
+            to: to.clone(),
+            created_at: n as u64,
+            frame: format!("frame-{n}"),
+            confirm: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn fetch_returns_oldest_first_with_the_total_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let user = UserId::parse("ANZ-1").unwrap();
+        let other = UserId::parse("ANZ-2").unwrap();
+        let stored: Vec<_> = (0..5).map(|n| message(&user, n)).collect();
+        {
+            let store = EmbeddedStore::open(dir.path()).unwrap();
+            for m in &stored {
+                store.persist(m).await.unwrap();
+            }
+            store.persist(&message(&other, 9)).await.unwrap();
+            // Persisting the same id again keeps one copy.
+            store.persist(&stored[0]).await.unwrap();
+        }
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let f = store.fetch(&user, 3).await.unwrap();
+        assert_eq!(f.total, 5);
+        let frames: Vec<_> = f.messages.iter().map(|m| m.frame.as_str()).collect();
+        assert_eq!(frames, ["frame-0", "frame-1", "frame-2"]);
+        store.remove(&user, stored[0].id).await.unwrap();
+        store.remove(&user, stored[0].id).await.unwrap();
+        let f = store.fetch(&user, 10).await.unwrap();
+        assert_eq!(f.total, 4);
+        assert_eq!(f.messages.len(), 4);
+        assert_eq!(store.fetch(&other, 10).await.unwrap().total, 1);
+    }
+}

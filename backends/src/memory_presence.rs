@@ -1,0 +1,136 @@
+//! In-process presence: a sharded map from user to sockets, and expiring per-user locks.
+
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
+use tokio::sync::Notify;
+
+use common::ids::{SocketAddress, UserId};
+use common::presence::{LockToken, Presence, PresenceError};
+
+#[derive(Default)]
+pub struct MemoryPresence {
+    sockets: DashMap<UserId, Vec<SocketAddress>>,
+    locks: DashMap<UserId, (u64, Instant)>,
+    unlocked: Notify,
+    next_token: std::sync::atomic::AtomicU64,
+}
+
+impl MemoryPresence {
+    pub fn new() -> MemoryPresence {
+        MemoryPresence::default()
+    }
+}
+
+#[async_trait]
+impl Presence for MemoryPresence {
+    async fn add(&self, user: &UserId, socket: &SocketAddress) -> Result<(), PresenceError> {
+        let mut entry = self.sockets.entry(user.clone()).or_default();
+        if !entry.contains(socket) {
+            entry.push(socket.clone());
+        }
+        Ok(())
+    }
+
+    async fn remove(&self, user: &UserId, socket: &SocketAddress) -> Result<(), PresenceError> {
+        if let Entry::Occupied(mut e) = self.sockets.entry(user.clone()) {
+            e.get_mut().retain(|s| s != socket);
+            if e.get().is_empty() {
+                e.remove();
+            }
+        }
+        Ok(())
+    }
+
+    async fn lookup(&self, user: &UserId) -> Result<Vec<SocketAddress>, PresenceError> {
+        Ok(self
+            .sockets
+            .get(user)
+            .map(|s| s.clone())
+            .unwrap_or_default())
+    }
+
+    async fn lock(
+        &self,
+        user: &UserId,
+        ttl: Duration,
+        wait: Duration,
+    ) -> Result<LockToken, PresenceError> {
+        let deadline = Instant::now() + wait;
+        let token = self
+            .next_token
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        loop {
+            let notified = self.unlocked.notified();
+            let now = Instant::now();
+            match self.locks.entry(user.clone()) {
+                Entry::Vacant(e) => {
+                    e.insert((token, now + ttl));
+                    return Ok(LockToken(token));
+                }
+                Entry::Occupied(mut e) if e.get().1 <= now => {
+                    e.insert((token, now + ttl));
+                    return Ok(LockToken(token));
+                }
+                Entry::Occupied(e) => {
+                    let expires = e.get().1;
+                    drop(e);
+                    if now >= deadline {
+                        return Err(PresenceError::LockTimeout(user.to_string(), wait));
+                    }
+                    let until = expires.min(deadline);
+                    let _ = tokio::time::timeout(until - now, notified).await;
+                }
+            }
+        }
+    }
+
+    async fn unlock(&self, user: &UserId, token: LockToken) -> Result<(), PresenceError> {
+        self.locks.remove_if(user, |_, (t, _)| *t == token.0);
+        self.unlocked.notify_waiters();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use common::ids::ConnectorName;
+
+    fn addr(socket: u64) -> SocketAddress {
+        SocketAddress {
+            connector: ConnectorName::new("connector-01"),
+            socket,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_user_holds_several_sockets_until_each_is_removed() {
+        let p = MemoryPresence::new();
+        let u = UserId::parse("ANZ-1").unwrap();
+        p.add(&u, &addr(1)).await.unwrap();
+        p.add(&u, &addr(2)).await.unwrap();
+        p.add(&u, &addr(2)).await.unwrap();
+        assert_eq!(p.lookup(&u).await.unwrap(), vec![addr(1), addr(2)]);
+        p.remove(&u, &addr(1)).await.unwrap();
+        assert_eq!(p.lookup(&u).await.unwrap(), vec![addr(2)]);
+        p.remove(&u, &addr(2)).await.unwrap();
+        assert!(p.lookup(&u).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_lock_excludes_a_second_holder_until_unlocked_or_expired() {
+        let p = MemoryPresence::new();
+        let u = UserId::parse("ANZ-1").unwrap();
+        let ttl = Duration::from_millis(300);
+        let t = p.lock(&u, ttl, Duration::ZERO).await.unwrap();
+        assert!(p.lock(&u, ttl, Duration::from_millis(20)).await.is_err());
+        p.unlock(&u, t).await.unwrap();
+        let _t2 = p.lock(&u, ttl, Duration::ZERO).await.unwrap();
+        // Not unlocked: the next holder gets it once the ttl runs out.
+        let got = p.lock(&u, ttl, Duration::from_secs(2)).await;
+        assert!(got.is_ok());
+    }
+}
