@@ -6,8 +6,6 @@
 //! sockets to close. Frames in commands are already serialised, so a connector writes them
 //! as they are and many sockets share one buffer.
 
-use std::sync::Arc;
-
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -75,7 +73,7 @@ pub enum ConnectorCommand {
     /// Write `frame` to each target socket, in order after anything sent to it before.
     Deliver {
         targets: Vec<Target>,
-        frame: Arc<str>,
+        frame: String,
         feature: Feature,
     },
     /// Close each target socket with the given reason.

@@ -91,21 +91,28 @@ impl Network {
     }
 
     /// The domain `user` lives on; `None` if no range holds their number.
-    pub fn home(&self, user: &UserId) -> Option<Home> {
+    pub fn home_domain(&self, user: &UserId) -> Option<DomainName> {
         let ranges: &[UserDistribution] = match self.app(user.app()) {
             Some(app) if !app.user_distributions.is_empty() => &app.user_distributions,
             _ => &self.config.user_distributions,
         };
         if ranges.is_empty() {
-            return Some(Home::Local);
+            return Some(self.local.clone());
         }
         let number = user.number();
         let range = ranges.iter().find(|r| r.contains(number))?;
-        if range.domain_name == self.local.as_str() {
-            Some(Home::Local)
-        } else {
-            Some(Home::Remote(DomainName::new(&range.domain_name)))
-        }
+        Some(DomainName::new(&range.domain_name))
+    }
+
+    /// Where `user` lives, seen from here; `None` if no range holds their number.
+    pub fn home(&self, user: &UserId) -> Option<Home> {
+        self.home_domain(user).map(|d| {
+            if d == self.local {
+                Home::Local
+            } else {
+                Home::Remote(d)
+            }
+        })
     }
 
     /// The first step from the local domain towards `target` over links not in `down`;

@@ -1,14 +1,207 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
+//! The connector: where clients connect.
+//!
+//! It accepts WebSocket clients at `/ws`, authenticates them, turns each valid frame into an
+//! envelope on the bus, and writes what processors send back to the right sockets. It makes
+//! no routing decision and names no engine: only the `Bus` and `Presence` traits.
+//!
+//! Layout:
+//! - [`auth`]: the checks behind `AUTH_CLIENT`.
+//! - [`session`]: one socket's life, from handshake to close.
+//! - [`registry`]: the table of authenticated sockets, and the loop that carries out the
+//!   processors' commands on them.
+
+pub mod auth;
+pub mod registry;
+pub mod session;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use common::bus::Bus;
+use common::frame::ParseLimits;
+use common::ids::{ConnectorName, SocketId};
+use common::network::Network;
+use common::presence::Presence;
+
+use crate::registry::Registry;
+
+/// The connector's settings; every key has a default.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Unique in the domain; commands for this connector are addressed to it.
+    pub name: String,
+    /// Where clients connect (`ws://<listen>/ws`).
+    pub listen: SocketAddr,
+    /// Largest frame accepted; a larger one closes the socket with code 1009.
+    pub max_frame_bytes: usize,
+    /// An unauthenticated socket is closed after this long.
+    pub auth_deadline_ms: u64,
+    /// Consecutive invalid frames tolerated before the socket is closed with code 1008.
+    pub max_bad_frames: u32,
+    /// Frames queued for one socket; past it FAST frames are dropped and counted, RELIABLE
+    /// ones are reported unwritten (so the processor stores them).
+    pub outbound_queue: usize,
+    /// Most recipients of one GROUP_MESSAGE.
+    pub max_group_size: usize,
+    /// Most messages one FETCH_MISSING_MESSAGES_REQUEST returns.
+    pub max_fetch_count: u32,
+    /// Whether a user may message users of another client app.
+    pub allow_cross_app: bool,
+    /// Per-socket read buffer (tungstenite's default of 128 KiB per socket is the memory trap).
+    pub read_buffer_bytes: usize,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            name: "connector-01".into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8088)),
+            max_frame_bytes: 64 * 1024,
+            auth_deadline_ms: 15_000,
+            max_bad_frames: 10,
+            outbound_queue: 1024,
+            max_group_size: 1000,
+            max_fetch_count: 2000,
+            allow_cross_app: false,
+            read_buffer_bytes: 4096,
+        }
+    }
+}
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
+impl Config {
+    pub fn auth_deadline(&self) -> Duration {
+        Duration::from_millis(self.auth_deadline_ms)
+    }
+
+    pub(crate) fn parse_limits(&self) -> ParseLimits {
+        ParseLimits {
+            max_group_size: self.max_group_size,
+            ..ParseLimits::default()
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectorError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot receive commands from the bus: {0}")]
+    Bus(#[from] common::bus::BusError),
+}
+
+/// What every session of this connector shares.
+pub(crate) struct Shared {
+    pub config: Config,
+    pub name: ConnectorName,
+    pub network: Arc<Network>,
+    pub bus: Arc<dyn Bus>,
+    pub presence: Arc<dyn Presence>,
+    pub registry: Registry,
+    pub limits: ParseLimits,
+    next_socket: AtomicU64,
+}
+
+impl Shared {
+    /// Socket ids start from the clock, so ids from an earlier run are not reused.
+    fn next_socket_id(&self) -> SocketId {
+        self.next_socket.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// A bound connector, ready to run.
+pub struct Connector {
+    listener: TcpListener,
+    shared: Arc<Shared>,
+}
+
+impl Connector {
+    pub async fn bind(
+        config: Config,
+        network: Arc<Network>,
+        bus: Arc<dyn Bus>,
+        presence: Arc<dyn Presence>,
+    ) -> Result<Connector, ConnectorError> {
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| ConnectorError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
+        let shared = Arc::new(Shared {
+            name: ConnectorName::new(&config.name),
+            limits: config.parse_limits(),
+            config,
+            network,
+            bus,
+            presence,
+            registry: Registry::default(),
+            next_socket: AtomicU64::new(common::now_millis() * 1000),
+        });
+        Ok(Connector { listener, shared })
+    }
+
+    /// The address clients connect to (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// Accepts clients and carries out commands until `shutdown`, then closes every socket.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), ConnectorError> {
+        let shared = self.shared;
+        let commands = shared.bus.listen(&shared.name).await?;
+        let mut tasks = JoinSet::new();
+        tasks.spawn(registry::run_commands(
+            shared.clone(),
+            commands,
+            shutdown.clone(),
+        ));
+        info!(connector = %shared.name, addr = %self.listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "accepting clients");
+        let mut backoff = Duration::from_millis(10);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                accepted = self.listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        backoff = Duration::from_millis(10);
+                        let _ = stream.set_nodelay(true);
+                        let id = shared.next_socket_id();
+                        tasks.spawn(session::run(shared.clone(), stream, peer, id, shutdown.clone()));
+                    }
+                    Err(e) => {
+                        // Out of file descriptors, usually: wait and try again.
+                        warn!(error = %e, "accept failed; retrying in {backoff:?}");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(1));
+                    }
+                },
+                Some(_) = tasks.join_next(), if tasks.len() > 1 => {}
+            }
+        }
+        drop(self.listener);
+        // Sessions see the same token and close their sockets; give them a moment.
+        let drain = async { while tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(Duration::from_secs(5), drain)
+            .await
+            .is_err()
+        {
+            tasks.abort_all();
+        }
+        info!(connector = %shared.name, "stopped");
+        Ok(())
     }
 }

@@ -1,3 +1,268 @@
-fn main() {
-    println!("Hello, world!");
+//! `linker`: the one binary.
+//!
+//! - `linker domain`: a whole domain in one process (meta-server, connector, processor) on
+//!   the embedded defaults: in-process bus and presence, the redb store under `./data`.
+//! - `linker meta-server --config network.yaml`: the network config over HTTP.
+//!
+//! Logs go to stderr (`LINKER_LOG` filter, `--log-format json` for JSON); stdout says where
+//! to connect and ends with one `LINKER_READY` line that scripts and tests wait for.
+
+mod settings;
+mod web;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+use backends::{EmbeddedStore, MemoryBus, MemoryPresence};
+use common::bus::Bus;
+use common::ids::DomainName;
+use common::network::Network;
+use common::presence::Presence;
+use common::store::Store;
+use connector::Connector;
+use meta_server::MetaServer;
+use processor::Processor;
+
+/// Exit code for a config that cannot be used (EX_USAGE).
+const EXIT_CONFIG: u8 = 64;
+
+#[derive(Parser)]
+#[command(
+    name = "linker",
+    version,
+    about = "Federated real-time messaging server"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log format on stderr.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "LINKER_LOG_FORMAT"
+    )]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a whole domain in one process with the embedded defaults.
+    Domain {
+        /// Network config in the seed's YAML format, with an optional `linker:` section of
+        /// process settings. Without it: one domain, app ANZ (appId app-id-343).
+        #[arg(long, env = "LINKER_CONFIG")]
+        config: Option<PathBuf>,
+        /// This domain's name (default domain-01).
+        #[arg(long)]
+        domain: Option<String>,
+        /// Where the embedded store lives (default ./data).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// WebSocket address for clients (default 127.0.0.1:8088).
+        #[arg(long)]
+        ws_listen: Option<SocketAddr>,
+        /// Test page, /health and /metrics (default 127.0.0.1:4400).
+        #[arg(long)]
+        page_listen: Option<SocketAddr>,
+        /// Meta-server (default 127.0.0.1:9000).
+        #[arg(long)]
+        meta_listen: Option<SocketAddr>,
+    },
+    /// Serve a network config over HTTP.
+    MetaServer {
+        #[arg(long, env = "LINKER_CONFIG")]
+        config: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:9000", env = "LINKER_META_LISTEN")]
+        listen: SocketAddr,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logs(cli.log_format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("linker: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Domain {
+                config,
+                domain,
+                data_dir,
+                ws_listen,
+                page_listen,
+                meta_listen,
+            } => {
+                let (network, mut s) = match settings::load(config.as_deref()) {
+                    Ok(loaded) => loaded,
+                    Err(e) => return Err(Failure::Config(e.0)),
+                };
+                if let Some(d) = domain {
+                    s.domain = d;
+                }
+                if let Some(d) = data_dir {
+                    s.data_dir = d;
+                }
+                if let Some(a) = ws_listen {
+                    s.connector.listen = a;
+                }
+                if let Some(a) = page_listen {
+                    s.page_listen = a;
+                }
+                if let Some(a) = meta_listen {
+                    s.meta_listen = a;
+                }
+                run_domain(network, s).await.map_err(Failure::Run)
+            }
+            Command::MetaServer { config, listen } => {
+                let network = common::config::NetworkConfig::load(&config)
+                    .map_err(|e| Failure::Config(e.to_string()))?;
+                run_meta(network, listen).await.map_err(Failure::Run)
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Config(e)) => {
+            eprintln!("linker: bad config: {e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+        Err(Failure::Run(e)) => {
+            eprintln!("linker: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+enum Failure {
+    Config(String),
+    Run(anyhow::Error),
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LINKER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Cancels `token` on SIGTERM or Ctrl-C.
+fn cancel_on_signal(token: CancellationToken) {
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("installing a SIGTERM handler cannot fail on unix");
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        info!("shutting down");
+        token.cancel();
+    });
+}
+
+async fn run_domain(
+    config: common::config::NetworkConfig,
+    s: settings::DomainSettings,
+) -> anyhow::Result<()> {
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .context("cannot install the metrics recorder")?;
+    let network = Arc::new(Network::new(config.clone(), DomainName::new(&s.domain)));
+    let bus: Arc<dyn Bus> = Arc::new(MemoryBus::default());
+    let presence: Arc<dyn Presence> = Arc::new(MemoryPresence::new());
+    let store: Arc<dyn Store> = Arc::new(
+        EmbeddedStore::open(&s.data_dir)
+            .with_context(|| format!("cannot open the store in {}", s.data_dir.display()))?,
+    );
+    let connector = Connector::bind(
+        s.connector.clone(),
+        network.clone(),
+        bus.clone(),
+        presence.clone(),
+    )
+    .await?;
+    let processor = Processor::new(s.processor.clone(), network, bus, store, presence);
+    let meta = MetaServer::bind(s.meta_listen, config).await?;
+    let page = web::bind(s.page_listen).await?;
+
+    let ws = connector.local_addr();
+    let page_addr = page.local_addr()?;
+    let meta_addr = meta.local_addr();
+    println!("linker domain `{}` is up", s.domain);
+    println!("  clients connect to  ws://{ws}/ws");
+    println!("  test page           http://{page_addr}/");
+    println!("  meta-server         http://{meta_addr}/network");
+    println!("  store               {}", s.data_dir.display());
+    println!("LINKER_READY ws={ws} page={page_addr} meta={meta_addr}");
+
+    let shutdown = CancellationToken::new();
+    cancel_on_signal(shutdown.clone());
+    let mut tasks = tokio::task::JoinSet::new();
+    let t = shutdown.clone();
+    tasks.spawn(async move { connector.run(t).await.context("connector") });
+    let t = shutdown.clone();
+    tasks.spawn(async move { processor.run(t).await.context("processor") });
+    let t = shutdown.clone();
+    tasks.spawn(async move { meta.run(t).await.context("meta-server") });
+    let t = shutdown.clone();
+    tasks.spawn(async move {
+        web::serve(page, web::router(metrics), t)
+            .await
+            .context("page server")
+    });
+    let mut result = Ok(());
+    while let Some(done) = tasks.join_next().await {
+        // The first part to stop takes the others down with it.
+        shutdown.cancel();
+        match done {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                error!(error = %format!("{e:#}"), "stopped with an error");
+                result = Err(e);
+            }
+            Err(e) => result = Err(anyhow::anyhow!("a task panicked: {e}")),
+        }
+    }
+    result
+}
+
+async fn run_meta(config: common::config::NetworkConfig, listen: SocketAddr) -> anyhow::Result<()> {
+    let meta = MetaServer::bind(listen, config).await?;
+    println!("meta-server on http://{}/network", meta.local_addr());
+    println!("LINKER_READY meta={}", meta.local_addr());
+    let shutdown = CancellationToken::new();
+    cancel_on_signal(shutdown.clone());
+    meta.run(shutdown).await?;
+    Ok(())
 }

@@ -1,14 +1,128 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
+//! The processor: decides where each envelope goes and gets it there.
+//!
+//! It consumes the domain's inbound envelopes, keeps one sender's envelopes in order (one
+//! worker per sender hash), looks targets up in presence, asks connectors to write frames,
+//! stores what could not be written, and confirms delivery to senders. It never touches a
+//! socket and names no engine.
+//!
+//! Layout:
+//! - [`dispatch`]: the worker pool and the per-envelope dispatch.
+//! - [`route`]: whether a target lives here.
+//! - [`deliver`]: writing a frame to a user's sockets, storing it when that fails,
+//!   confirmations, group fan-out.
+//! - [`fetch`]: FETCH_MISSING_MESSAGES_REQUEST under the per-user lock.
+//! - [`events`]: USER_CONNECTED/USER_DISCONNECTED for master users, CLOSE_CONNECTION.
+
+pub mod deliver;
+pub mod dispatch;
+pub mod events;
+pub mod fetch;
+pub mod route;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use common::bus::{Bus, BusError};
+use common::network::Network;
+use common::presence::{Presence, PresenceError};
+use common::store::{Store, StoreError};
+
+/// The processor's settings; every key has a default.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub name: String,
+    /// Envelopes handled at once; one sender's envelopes always go to the same worker.
+    pub workers: usize,
+    /// Envelopes queued per worker.
+    pub worker_queue: usize,
+    /// How long to wait for a connector to report a write before storing the message.
+    pub delivery_timeout_ms: u64,
+    /// How long a fetch may hold a user's lock.
+    pub fetch_lock_ttl_ms: u64,
+    /// Most messages one fetch returns.
+    pub max_fetch_count: u32,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            name: "processor-01".into(),
+            workers: 64,
+            worker_queue: 1024,
+            delivery_timeout_ms: 5_000,
+            fetch_lock_ttl_ms: 60_000,
+            max_fetch_count: 2000,
+        }
+    }
+}
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
+impl Config {
+    pub fn delivery_timeout(&self) -> Duration {
+        Duration::from_millis(self.delivery_timeout_ms)
+    }
+
+    pub fn fetch_lock_ttl(&self) -> Duration {
+        Duration::from_millis(self.fetch_lock_ttl_ms)
+    }
+}
+
+/// Why an envelope could be neither delivered nor stored.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Presence(#[from] PresenceError),
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    #[error("no route to domain `{0}`")]
+    NoRoute(String),
+}
+
+impl ProcessError {
+    /// The reason code of the GENERAL_ERROR a sender gets.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ProcessError::Store(_) => "STORE_UNAVAILABLE",
+            ProcessError::Presence(_) => "PRESENCE_UNAVAILABLE",
+            ProcessError::Bus(_) => "BUS_UNAVAILABLE",
+            ProcessError::NoRoute(_) => "NO_ROUTE",
+        }
+    }
+}
+
+/// What every worker shares.
+pub struct Processor {
+    pub(crate) config: Config,
+    pub(crate) network: Arc<Network>,
+    pub(crate) bus: Arc<dyn Bus>,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) presence: Arc<dyn Presence>,
+}
+
+impl Processor {
+    pub fn new(
+        config: Config,
+        network: Arc<Network>,
+        bus: Arc<dyn Bus>,
+        store: Arc<dyn Store>,
+        presence: Arc<dyn Presence>,
+    ) -> Processor {
+        Processor {
+            config,
+            network,
+            bus,
+            store,
+            presence,
+        }
+    }
+
+    /// Consumes and handles envelopes until `shutdown`; queued work is finished first.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), ProcessError> {
+        dispatch::run(Arc::new(self), shutdown).await
     }
 }

@@ -1,14 +1,31 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
+//! The browser test page, compiled into the binary so `linker domain` serves it with no
+//! files beside it.
+//!
+//! The page itself is plain HTML, CSS and JavaScript under `test-script/page/`: no build step.
+//! `test-script/browser/` drives it in headless Chromium.
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// The page's files: (path, content type, body).
+pub const PAGE: [(&str, &str, &str); 3] = [
+    (
+        "/",
+        "text/html; charset=utf-8",
+        include_str!("../page/index.html"),
+    ),
+    (
+        "/app.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../page/app.js"),
+    ),
+    (
+        "/style.css",
+        "text/css; charset=utf-8",
+        include_str!("../page/style.css"),
+    ),
+];
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
+/// The content type and body of the page file at `path`.
+pub fn asset(path: &str) -> Option<(&'static str, &'static str)> {
+    PAGE.iter()
+        .find(|(p, _, _)| *p == path || (*p == "/" && path == "/index.html"))
+        .map(|(_, t, b)| (*t, *b))
 }

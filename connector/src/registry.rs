@@ -1,0 +1,209 @@
+//! The table of authenticated sockets, and the loop that carries out processor commands.
+//!
+//! Each socket has a bounded outbound queue owned by its session task; this loop never
+//! waits on a socket (`try_send`), so one slow reader cannot stall the others. A `Deliver`
+//! that asks for a report hands each socket a [`Ticket`]; the session completes it once the
+//! frame is written, and a ticket dropped unwritten (socket gone, queue full) counts as not
+//! written. The report goes back when the last ticket is in.
+
+use std::sync::{Arc, Mutex};
+
+use dashmap::DashMap;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use common::bus::{Command, Replier};
+use common::envelope::{ConnectorCommand, DeliveryReport, Target};
+use common::frame::Feature;
+use common::ids::{SocketId, UserId};
+
+use crate::Shared;
+
+/// Something for a session to write.
+pub(crate) struct Outbound {
+    pub text: Utf8Bytes,
+    pub ticket: Option<Ticket>,
+}
+
+/// How the registry reaches one authenticated socket.
+pub(crate) struct SocketHandle {
+    pub user: UserId,
+    pub tx: mpsc::Sender<Outbound>,
+    /// Cancelled to close the socket; the reason is sent in the close frame.
+    pub close: CancellationToken,
+    pub close_reason: Arc<Mutex<Option<String>>>,
+}
+
+#[derive(Default)]
+pub(crate) struct Registry {
+    sockets: DashMap<SocketId, SocketHandle>,
+}
+
+impl Registry {
+    pub fn insert(&self, socket: SocketId, handle: SocketHandle) {
+        self.sockets.insert(socket, handle);
+        metrics::gauge!("linker_connector_authenticated_sockets").increment(1.0);
+    }
+
+    pub fn remove(&self, socket: SocketId) {
+        if self.sockets.remove(&socket).is_some() {
+            metrics::gauge!("linker_connector_authenticated_sockets").decrement(1.0);
+        }
+    }
+}
+
+/// Write results for one reported `Deliver`.
+struct Report {
+    state: Mutex<ReportState>,
+}
+
+struct ReportState {
+    written: Vec<bool>,
+    remaining: usize,
+    replier: Option<Replier>,
+}
+
+impl Report {
+    fn set(&self, index: usize, ok: bool) {
+        let done = {
+            let mut s = self
+                .state
+                .lock()
+                .expect("report lock is never poisoned: nothing panics while holding it");
+            s.written[index] = ok;
+            s.remaining -= 1;
+            if s.remaining == 0 {
+                s.replier
+                    .take()
+                    .map(|r| (r, std::mem::take(&mut s.written)))
+            } else {
+                None
+            }
+        };
+        if let Some((replier, written)) = done {
+            replier.reply(DeliveryReport { written });
+        }
+    }
+}
+
+/// One target's share of a report; completes as "not written" if dropped.
+pub(crate) struct Ticket {
+    report: Arc<Report>,
+    index: usize,
+    done: bool,
+}
+
+impl Ticket {
+    pub fn complete(mut self, written: bool) {
+        self.done = true;
+        self.report.set(self.index, written);
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if !self.done {
+            self.report.set(self.index, false);
+        }
+    }
+}
+
+/// Carries out commands for this connector until the bus closes or shutdown.
+pub(crate) async fn run_commands(
+    shared: Arc<Shared>,
+    mut commands: mpsc::Receiver<Command>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let command = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            c = commands.recv() => match c {
+                Some(c) => c,
+                None => return,
+            },
+        };
+        match command.command {
+            ConnectorCommand::Deliver {
+                targets,
+                frame,
+                feature,
+            } => deliver(
+                &shared,
+                targets,
+                Utf8Bytes::from(frame),
+                feature,
+                command.reply,
+            ),
+            ConnectorCommand::Close { targets, reason } => {
+                for t in &targets {
+                    if let Some(h) = shared.registry.sockets.get(&t.socket) {
+                        if h.user == t.user {
+                            *h.close_reason
+                                .lock()
+                                .expect("close reason lock is never poisoned") =
+                                Some(reason.clone());
+                            h.close.cancel();
+                        }
+                    }
+                }
+                if let Some(r) = command.reply {
+                    r.reply(DeliveryReport {
+                        written: vec![true; targets.len()],
+                    });
+                }
+            }
+        }
+    }
+}
+
+fn deliver(
+    shared: &Shared,
+    targets: Vec<Target>,
+    text: Utf8Bytes,
+    feature: Feature,
+    reply: Option<Replier>,
+) {
+    let report = match reply {
+        Some(r) if targets.is_empty() => {
+            r.reply(DeliveryReport::default());
+            None
+        }
+        Some(r) => Some(Arc::new(Report {
+            state: Mutex::new(ReportState {
+                written: vec![false; targets.len()],
+                remaining: targets.len(),
+                replier: Some(r),
+            }),
+        })),
+        None => None,
+    };
+    for (index, target) in targets.iter().enumerate() {
+        let ticket = report.as_ref().map(|r| Ticket {
+            report: r.clone(),
+            index,
+            done: false,
+        });
+        let Some(handle) = shared.registry.sockets.get(&target.socket) else {
+            debug!(user = %target.user, socket = target.socket, "socket gone before delivery");
+            continue;
+        };
+        if handle.user != target.user {
+            continue;
+        }
+        let out = Outbound {
+            text: text.clone(),
+            ticket,
+        };
+        if let Err(mpsc::error::TrySendError::Full(_)) = handle.tx.try_send(out) {
+            let kind = if feature == Feature::Fast {
+                "fast"
+            } else {
+                "reliable"
+            };
+            metrics::counter!("linker_connector_queue_full_total", "feature" => kind).increment(1);
+            debug!(user = %target.user, socket = target.socket, "outbound queue full");
+        }
+    }
+}

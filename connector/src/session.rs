@@ -1,0 +1,433 @@
+//! One socket's life: handshake, authentication, frames in, frames out, close.
+//!
+//! One task owns the socket. It reads client frames, answers bad ones with `INVALID_MESSAGE`
+//! (closing only past `max_bad_frames` or on an oversized frame), authenticates, and publishes
+//! valid frames as envelopes. Frames from processors arrive on the socket's bounded queue and
+//! are written in batches with one flush. `from` is always the authenticated user.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, sleep_until, timeout, timeout_at};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, field, info, info_span, warn};
+
+use common::envelope::{Body, Envelope};
+use common::frame::{
+    ClientBody, ClientFrame, FrameError, Rejected, out_auth_reply, out_auth_required,
+    out_general_error, out_invalid, out_invalid_reason, parse_client_frame,
+};
+use common::ids::{MessageId, SocketAddress, SocketId, UserId};
+
+use crate::Shared;
+use crate::auth;
+use crate::registry::{Outbound, SocketHandle, Ticket};
+
+/// Most queued frames written before one flush.
+const MAX_BATCH: usize = 64;
+
+/// Close code sent when a master user closes the socket with CLOSE_CONNECTION.
+pub const CLOSED_BY_MASTER: u16 = 4000;
+
+type Sink = SplitSink<WebSocketStream<TcpStream>, Message>;
+
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    id: SocketId,
+    shutdown: CancellationToken,
+) {
+    let span =
+        info_span!("socket", connector = %shared.name, socket = id, %peer, user = field::Empty);
+    session(shared, stream, id, shutdown).instrument(span).await
+}
+
+fn close_frame(code: CloseCode, reason: impl Into<String>) -> CloseFrame {
+    CloseFrame {
+        code,
+        reason: Utf8Bytes::from(reason.into()),
+    }
+}
+
+async fn session(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    id: SocketId,
+    shutdown: CancellationToken,
+) {
+    let config = &shared.config;
+    let deadline = Instant::now() + config.auth_deadline();
+    let ws_config = WebSocketConfig::default()
+        .read_buffer_size(config.read_buffer_bytes)
+        .write_buffer_size(16 * 1024)
+        .max_message_size(Some(config.max_frame_bytes))
+        .max_frame_size(Some(config.max_frame_bytes));
+    let only_ws_path = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
+        if req.uri().path() == "/ws" {
+            Ok(resp)
+        } else {
+            let mut not_found =
+                ErrorResponse::new(Some("linker serves WebSocket clients at /ws".into()));
+            *not_found.status_mut() = http::StatusCode::NOT_FOUND;
+            Err(not_found)
+        }
+    };
+    let handshake =
+        tokio_tungstenite::accept_hdr_async_with_config(stream, only_ws_path, Some(ws_config));
+    let ws = match timeout_at(deadline, handshake).await {
+        Ok(Ok(ws)) => ws,
+        Ok(Err(e)) => {
+            debug!(error = %e, "handshake failed");
+            return;
+        }
+        Err(_) => {
+            debug!("no handshake before the auth deadline");
+            return;
+        }
+    };
+    let (sink, mut stream) = ws.split();
+    let (tx, mut rx) = mpsc::channel(config.outbound_queue);
+    let mut s = Session {
+        address: SocketAddress {
+            connector: shared.name.clone(),
+            socket: id,
+        },
+        shared: shared.clone(),
+        sink,
+        tx,
+        user: None,
+        bad_frames: 0,
+        close: CancellationToken::new(),
+        close_reason: Arc::new(Mutex::new(None)),
+        tickets: Vec::with_capacity(MAX_BATCH),
+    };
+    let end = s.serve(&mut stream, &mut rx, deadline, &shutdown).await;
+    if let Some(frame) = end {
+        debug!(code = u16::from(frame.code), reason = %frame.reason, "closing");
+        let _ = timeout(
+            std::time::Duration::from_secs(1),
+            s.sink.send(Message::Close(Some(frame))),
+        )
+        .await;
+    }
+    s.finish().await;
+}
+
+struct Session {
+    shared: Arc<Shared>,
+    address: SocketAddress,
+    sink: Sink,
+    /// Kept so the queue stays open while the registry has no handle yet.
+    tx: mpsc::Sender<Outbound>,
+    user: Option<UserId>,
+    bad_frames: u32,
+    close: CancellationToken,
+    close_reason: Arc<Mutex<Option<String>>>,
+    tickets: Vec<Ticket>,
+}
+
+impl Session {
+    /// Runs until the socket should close; returns the close frame to send, if any.
+    async fn serve(
+        &mut self,
+        stream: &mut SplitStream<WebSocketStream<TcpStream>>,
+        rx: &mut mpsc::Receiver<Outbound>,
+        deadline: Instant,
+        shutdown: &CancellationToken,
+    ) -> Option<CloseFrame> {
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => {
+                    return Some(close_frame(CloseCode::Away, "server shutting down; reconnect"));
+                }
+                _ = self.close.cancelled() => {
+                    let reason = self
+                        .close_reason
+                        .lock()
+                        .expect("close reason lock is never poisoned")
+                        .take()
+                        .unwrap_or_else(|| "closed by the server".into());
+                    return Some(close_frame(CloseCode::from(CLOSED_BY_MASTER), reason));
+                }
+                _ = sleep_until(deadline), if self.user.is_none() => {
+                    info!("not authenticated before the deadline; closing");
+                    return Some(close_frame(CloseCode::Policy, "authentication deadline passed"));
+                }
+                Some(out) = rx.recv() => {
+                    if let Err(e) = self.write_batch(out, rx).await {
+                        debug!(error = %e, "write failed");
+                        return None;
+                    }
+                }
+                incoming = stream.next() => match incoming {
+                    None | Some(Ok(Message::Close(_))) => return None,
+                    Some(Ok(Message::Text(text))) => {
+                        if let Some(end) = self.on_text(&text).await {
+                            return Some(end);
+                        }
+                    }
+                    Some(Ok(Message::Binary(_))) => {
+                        if let Some(end) = self.on_bad(&FrameError::Binary, None).await {
+                            return Some(end);
+                        }
+                    }
+                    Some(Ok(_)) => {} // ping, pong: tungstenite answers pings itself
+                    Some(Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
+                        let error = FrameError::TooLarge { size, limit: max_size };
+                        info!(size, max_size, "frame over the size limit; closing");
+                        return Some(close_frame(CloseCode::Size, error.to_string()));
+                    }
+                    Some(Err(e)) => {
+                        debug!(error = %e, "read failed");
+                        return None;
+                    }
+                },
+            }
+        }
+    }
+
+    /// Writes `first` and whatever else is queued (up to a batch), with one flush, then
+    /// completes their tickets.
+    async fn write_batch(
+        &mut self,
+        first: Outbound,
+        rx: &mut mpsc::Receiver<Outbound>,
+    ) -> Result<(), WsError> {
+        let mut next = Some(first);
+        let mut count = 0;
+        while let Some(out) = next.take() {
+            self.sink.feed(Message::Text(out.text)).await?;
+            self.tickets.extend(out.ticket);
+            count += 1;
+            if count < MAX_BATCH {
+                next = rx.try_recv().ok();
+            }
+        }
+        self.sink.flush().await?;
+        for ticket in self.tickets.drain(..) {
+            ticket.complete(true);
+        }
+        Ok(())
+    }
+
+    /// Writes one frame of the session's own (replies, errors).
+    async fn reply(&mut self, text: String) {
+        if let Err(e) = self.sink.send(Message::Text(text.into())).await {
+            debug!(error = %e, "reply not written");
+        }
+    }
+
+    async fn on_text(&mut self, text: &str) -> Option<CloseFrame> {
+        let frame = match parse_client_frame(text, &self.shared.limits) {
+            Ok(frame) => frame,
+            Err(Rejected { error, reference }) => {
+                return self.on_bad(&error, reference.as_deref()).await;
+            }
+        };
+        self.bad_frames = 0;
+        match (&self.user, frame.body) {
+            (
+                None,
+                ClientBody::AuthClient {
+                    app_id, user_id, ..
+                },
+            ) => self.authenticate(&app_id, &user_id).await,
+            (None, _) => {
+                self.reply(out_auth_required(frame.reference.as_deref()))
+                    .await;
+                None
+            }
+            (Some(_), ClientBody::AuthClient { .. }) => {
+                let text = out_invalid_reason(
+                    "ALREADY_AUTHENTICATED",
+                    "this socket is already authenticated",
+                    frame.reference.as_deref(),
+                );
+                self.reply(text).await;
+                None
+            }
+            (Some(user), body) => {
+                let user = user.clone();
+                let frame = ClientFrame { body, ..frame };
+                self.forward(user, frame).await;
+                None
+            }
+        }
+    }
+
+    async fn on_bad(&mut self, error: &FrameError, reference: Option<&str>) -> Option<CloseFrame> {
+        self.bad_frames += 1;
+        metrics::counter!("linker_connector_invalid_frames_total", "reason" => error.reason())
+            .increment(1);
+        debug!(reason = error.reason(), %error, "invalid frame");
+        self.reply(out_invalid(error, reference)).await;
+        if self.bad_frames > self.shared.config.max_bad_frames {
+            info!(count = self.bad_frames, "too many invalid frames; closing");
+            return Some(close_frame(CloseCode::Policy, "too many invalid frames"));
+        }
+        None
+    }
+
+    async fn authenticate(&mut self, app_id: &str, user_id: &str) -> Option<CloseFrame> {
+        let shared = self.shared.clone();
+        let result = match auth::check(&shared.network, app_id, user_id) {
+            Ok(user) => match shared.presence.add(&user, &self.address).await {
+                Ok(()) => Ok(user),
+                Err(e) => Err(auth::AuthError::PresenceUnavailable(e.to_string())),
+            },
+            Err(e) => Err(e),
+        };
+        let user = match result {
+            Ok(user) => user,
+            Err(e) => {
+                info!(user = user_id, reason = e.reason(), error = %e, "authentication refused");
+                self.reply(out_auth_reply(app_id, user_id, false, Some(e.reason())))
+                    .await;
+                return Some(close_frame(
+                    CloseCode::Policy,
+                    format!("authentication failed: {}", e.reason()),
+                ));
+            }
+        };
+        tracing::Span::current().record("user", field::display(&user));
+        shared.registry.insert(
+            self.address.socket,
+            SocketHandle {
+                user: user.clone(),
+                tx: self.tx.clone(),
+                close: self.close.clone(),
+                close_reason: self.close_reason.clone(),
+            },
+        );
+        self.reply(out_auth_reply(app_id, user.as_str(), true, None))
+            .await;
+        info!("authenticated");
+        self.user = Some(user.clone());
+        self.publish_presence(user, Body::UserConnected).await;
+        None
+    }
+
+    /// Tells processors (and so the app's master user) that a user came or went.
+    async fn publish_presence(&self, user: UserId, body: Body) {
+        if self.shared.network.is_master(&user) {
+            return;
+        }
+        let envelope = Envelope {
+            id: MessageId::new(),
+            from: user,
+            origin: self.address.clone(),
+            feature: common::frame::Feature::Reliable,
+            reference: None,
+            confirm: false,
+            created_at: common::now_millis(),
+            hops: 0,
+            body,
+        };
+        if let Err(e) = self.shared.bus.publish(envelope).await {
+            warn!(error = %e, "presence event not published");
+        }
+    }
+
+    /// Checks what only the connector can check, then hands the frame to processors.
+    async fn forward(&mut self, user: UserId, frame: ClientFrame) {
+        let ClientFrame {
+            body,
+            reference,
+            feature,
+            confirmation_enabled,
+        } = frame;
+        let body = match body {
+            ClientBody::Message { to, content } => {
+                if let Err((reason, detail)) = self.may_message(&user, &to) {
+                    return self.refuse(reason, &detail, reference).await;
+                }
+                Body::Message { to, content }
+            }
+            ClientBody::GroupMessage { to, content } => {
+                for target in &to {
+                    if let Err((reason, detail)) = self.may_message(&user, target) {
+                        return self.refuse(reason, &detail, reference).await;
+                    }
+                }
+                Body::GroupMessage { to, content }
+            }
+            ClientBody::CloseConnection { user_id } => {
+                if self.shared.network.master_of(&user_id).as_ref() != Some(&user) {
+                    let detail = format!("only the master user of {}'s app may close it", user_id);
+                    return self.refuse("NOT_MASTER", &detail, reference).await;
+                }
+                Body::CloseConnection { user: user_id }
+            }
+            ClientBody::FetchMissingMessages { count } => Body::FetchMissingMessages {
+                count: count.min(self.shared.config.max_fetch_count),
+            },
+            ClientBody::AuthClient { .. } => return,
+        };
+        let echo = reference.clone();
+        let envelope = Envelope {
+            id: MessageId::new(),
+            from: user,
+            origin: self.address.clone(),
+            feature,
+            reference,
+            confirm: confirmation_enabled,
+            created_at: common::now_millis(),
+            hops: 0,
+            body,
+        };
+        if let Err(e) = self.shared.bus.publish(envelope).await {
+            warn!(error = %e, "publish failed; telling the client");
+            let text = out_general_error("BUS_UNAVAILABLE", &e.to_string(), echo.as_deref());
+            self.reply(text).await;
+        }
+    }
+
+    fn may_message(&self, from: &UserId, to: &UserId) -> Result<(), (&'static str, String)> {
+        if self.shared.network.app(to.app()).is_none() {
+            return Err(("UNKNOWN_APP", format!("no client app named `{}`", to.app())));
+        }
+        if from.app() != to.app() && !self.shared.config.allow_cross_app {
+            return Err((
+                "CROSS_APP_FORBIDDEN",
+                format!(
+                    "users of app {} may not message users of app {}",
+                    from.app(),
+                    to.app()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn refuse(&mut self, reason: &str, detail: &str, reference: Option<String>) {
+        debug!(reason, detail, "frame refused");
+        self.reply(out_invalid_reason(reason, detail, reference.as_deref()))
+            .await;
+    }
+
+    /// Forgets the socket: registry, presence, and a USER_DISCONNECTED for the master.
+    async fn finish(&mut self) {
+        let Some(user) = self.user.take() else {
+            return;
+        };
+        self.shared.registry.remove(self.address.socket);
+        if let Err(e) = self.shared.presence.remove(&user, &self.address).await {
+            warn!(error = %e, "presence not updated on close");
+        }
+        info!("disconnected");
+        self.publish_presence(user, Body::UserDisconnected).await;
+    }
+}

@@ -1,0 +1,255 @@
+//! Getting a frame to a user's sockets, and keeping it when that fails.
+//!
+//! A frame goes to every socket the user holds, one command per connector. When a report is
+//! needed (RELIABLE, or a confirmation was asked for) the connector answers once the frame is
+//! written; a user none of whose sockets took a RELIABLE frame gets it stored, and a FAST one
+//! is dropped and counted. A confirmation goes to the sender once per message, however many
+//! sockets took it, and travels RELIABLE.
+
+use std::collections::HashMap;
+
+use serde_json::value::RawValue;
+use tracing::debug;
+
+use common::bus::BusError;
+use common::envelope::{Confirm, ConnectorCommand, StoredMessage, Target};
+use common::frame::{Feature, out_confirmation, out_message};
+use common::ids::{ConnectorName, MessageId, SocketAddress, UserId};
+
+use crate::{ProcessError, Processor, route};
+
+/// The parts of an envelope every handler needs.
+pub struct Meta {
+    pub id: MessageId,
+    pub from: UserId,
+    pub feature: Feature,
+    pub reference: Option<String>,
+    pub confirm: bool,
+    pub created_at: u64,
+}
+
+impl Meta {
+    /// The confirmation to send once delivered, if the sender asked for one.
+    fn confirmation(&self) -> Option<Confirm> {
+        match (&self.reference, self.confirm) {
+            (Some(reference), true) => Some(Confirm {
+                to: self.from.clone(),
+                reference: reference.clone(),
+            }),
+            _ => None,
+        }
+    }
+}
+
+fn count_fast_drop(reason: &'static str) {
+    metrics::counter!("linker_fast_dropped_total", "reason" => reason).increment(1);
+}
+
+impl Processor {
+    /// MESSAGE: to the target's sockets, else stored (RELIABLE) or dropped (FAST).
+    pub(crate) async fn message(
+        &self,
+        meta: Meta,
+        to: UserId,
+        content: &RawValue,
+    ) -> Result<(), ProcessError> {
+        route::local(&self.network, &to)?;
+        let stored = StoredMessage {
+            id: meta.id,
+            frame: out_message(&meta.from, content, meta.reference.as_deref()),
+            to,
+            created_at: meta.created_at,
+            confirm: meta.confirmation(),
+        };
+        self.deliver_or_store(stored, meta.feature).await
+    }
+
+    /// Delivers `message` to its user's sockets; stores it if none took it and it is
+    /// RELIABLE; confirms to the sender if it was delivered and a confirmation is due.
+    pub(crate) async fn deliver_or_store(
+        &self,
+        message: StoredMessage,
+        feature: Feature,
+    ) -> Result<(), ProcessError> {
+        let sockets = self.presence.lookup(&message.to).await?;
+        let report = feature == Feature::Reliable || message.confirm.is_some();
+        let written = !sockets.is_empty()
+            && self
+                .write(&message.to, &sockets, &message.frame, feature, report)
+                .await;
+        if written {
+            if let Some(confirm) = message.confirm {
+                self.confirm(confirm).await?;
+            }
+            return Ok(());
+        }
+        match feature {
+            Feature::Reliable => {
+                debug!(user = %message.to, id = %message.id, "stored for fetch");
+                metrics::counter!("linker_stored_total").increment(1);
+                self.store.persist(&message).await?;
+            }
+            Feature::Fast => {
+                debug!(user = %message.to, "FAST message dropped: user offline");
+                count_fast_drop("offline");
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends `MESSAGE_CONFIRMATION {reference}` to the sender, RELIABLE.
+    pub(crate) async fn confirm(&self, confirm: Confirm) -> Result<(), ProcessError> {
+        let stored = StoredMessage {
+            id: MessageId::new(),
+            frame: out_confirmation(&confirm.reference),
+            to: confirm.to,
+            created_at: common::now_millis(),
+            confirm: None,
+        };
+        Box::pin(self.deliver_or_store(stored, Feature::Reliable)).await
+    }
+
+    /// Writes `frame` to the user's `sockets`; true if at least one took it (or, without a
+    /// report, if it was handed to the connectors).
+    async fn write(
+        &self,
+        user: &UserId,
+        sockets: &[SocketAddress],
+        frame: &str,
+        feature: Feature,
+        report: bool,
+    ) -> bool {
+        let mut written = false;
+        for (connector, targets) in by_connector(sockets.iter().map(|s| (user, s))) {
+            let command = ConnectorCommand::Deliver {
+                targets,
+                frame: frame.to_owned(),
+                feature,
+            };
+            written |= self
+                .send(&connector, command, report)
+                .await
+                .iter()
+                .any(|w| *w);
+        }
+        written
+    }
+
+    /// Sends a command to one connector; returns what its report says was written (all
+    /// true without a report, all false if the connector could not be reached).
+    pub(crate) async fn send(
+        &self,
+        connector: &ConnectorName,
+        command: ConnectorCommand,
+        report: bool,
+    ) -> Vec<bool> {
+        let count = match &command {
+            ConnectorCommand::Deliver { targets, .. } | ConnectorCommand::Close { targets, .. } => {
+                targets.len()
+            }
+        };
+        let result = if report {
+            self.bus
+                .request(connector, command, self.config.delivery_timeout())
+                .await
+                .map(|r| r.written)
+        } else {
+            self.bus
+                .send(connector, command)
+                .await
+                .map(|()| vec![true; count])
+        };
+        match result {
+            Ok(written) => written,
+            Err(BusError::NoSuchConnector(name)) => {
+                debug!(connector = %name, "connector gone; its sockets are stale");
+                vec![false; count]
+            }
+            Err(e) => {
+                debug!(connector = %connector, error = %e, "no delivery");
+                vec![false; count]
+            }
+        }
+    }
+
+    /// GROUP_MESSAGE: one MESSAGE frame (with the sender's reference) to every recipient;
+    /// one command per connector; RELIABLE recipients who did not take it get it stored.
+    /// No confirmation, as in the original protocol.
+    pub(crate) async fn group(
+        &self,
+        meta: Meta,
+        to: Vec<UserId>,
+        content: &RawValue,
+    ) -> Result<(), ProcessError> {
+        for user in &to {
+            route::local(&self.network, user)?;
+        }
+        let frame = out_message(&meta.from, content, meta.reference.as_deref());
+        let mut sockets = Vec::new();
+        for user in &to {
+            for s in self.presence.lookup(user).await? {
+                sockets.push((user, s));
+            }
+        }
+        let report = meta.feature == Feature::Reliable;
+        let mut took: Vec<&UserId> = Vec::new();
+        for (connector, targets) in by_connector(sockets.iter().map(|(u, s)| (*u, s))) {
+            let command = ConnectorCommand::Deliver {
+                targets: targets.clone(),
+                frame: frame.clone(),
+                feature: meta.feature,
+            };
+            let written = self.send(&connector, command, report).await;
+            for (target, ok) in targets.iter().zip(written) {
+                if ok {
+                    if let Some(u) = to.iter().find(|u| **u == target.user) {
+                        took.push(u);
+                    }
+                }
+            }
+        }
+        for user in &to {
+            if took.contains(&user) {
+                continue;
+            }
+            match meta.feature {
+                Feature::Reliable => {
+                    metrics::counter!("linker_stored_total").increment(1);
+                    self.store
+                        .persist(&StoredMessage {
+                            id: meta.id,
+                            to: user.clone(),
+                            created_at: meta.created_at,
+                            frame: frame.clone(),
+                            confirm: None,
+                        })
+                        .await?;
+                }
+                Feature::Fast => count_fast_drop("offline"),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Groups (user, socket) pairs by connector, keeping order.
+pub(crate) fn by_connector<'a>(
+    sockets: impl Iterator<Item = (&'a UserId, &'a SocketAddress)>,
+) -> Vec<(ConnectorName, Vec<Target>)> {
+    let mut groups: Vec<(ConnectorName, Vec<Target>)> = Vec::with_capacity(1);
+    let mut index: HashMap<ConnectorName, usize> = HashMap::new();
+    for (user, s) in sockets {
+        let target = Target {
+            user: user.clone(),
+            socket: s.socket,
+        };
+        match index.get(&s.connector) {
+            Some(i) => groups[*i].1.push(target),
+            None => {
+                index.insert(s.connector.clone(), groups.len());
+                groups.push((s.connector.clone(), vec![target]));
+            }
+        }
+    }
+    groups
+}

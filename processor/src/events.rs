@@ -1,0 +1,52 @@
+//! Control envelopes: presence events for the master user, and CLOSE_CONNECTION.
+//!
+//! USER_CONNECTED/USER_DISCONNECTED go to the app's master user (never about the master
+//! itself), RELIABLE, so an offline master fetches them later. CLOSE_CONNECTION closes every
+//! socket of the target; it is a control action and never stored, so it cannot replay and
+//! close a later session.
+
+use tracing::{info, warn};
+
+use common::envelope::{ConnectorCommand, StoredMessage};
+use common::frame::{Feature, out_user_event};
+use common::ids::UserId;
+
+use crate::deliver::{Meta, by_connector};
+use crate::{ProcessError, Processor};
+
+impl Processor {
+    pub(crate) async fn user_event(&self, meta: Meta, connected: bool) -> Result<(), ProcessError> {
+        let Some(master) = self.network.master_of(&meta.from) else {
+            return Ok(());
+        };
+        if master == meta.from {
+            return Ok(());
+        }
+        let stored = StoredMessage {
+            id: meta.id,
+            frame: out_user_event(connected, &meta.from),
+            to: master,
+            created_at: meta.created_at,
+            confirm: None,
+        };
+        self.deliver_or_store(stored, Feature::Reliable).await
+    }
+
+    pub(crate) async fn close(&self, from: UserId, user: UserId) -> Result<(), ProcessError> {
+        // The connector checked this already; a processor does not trust the bus blindly.
+        if self.network.master_of(&user).as_ref() != Some(&from) {
+            warn!(from = %from, target = %user, "CLOSE_CONNECTION from a non-master ignored");
+            return Ok(());
+        }
+        let sockets = self.presence.lookup(&user).await?;
+        info!(master = %from, target = %user, sockets = sockets.len(), "closing user's sockets");
+        for (connector, targets) in by_connector(sockets.iter().map(|s| (&user, s))) {
+            let command = ConnectorCommand::Close {
+                targets,
+                reason: format!("closed by master user {from}"),
+            };
+            self.send(&connector, command, false).await;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,270 @@
+// two-pages.mjs: browser test of the linker test page with two users.
+//
+// Opens the page served by the server twice in Debian's chromium (driven by
+// playwright-core; no browser is ever downloaded), connects and authenticates
+// both users through the UI, sends a RELIABLE message with a reference from A
+// to B (B must show it, A must get a MESSAGE_CONFIRMATION), then a FAST reply
+// from B to A (A must show it).
+//
+// Environment:
+//   LINKER_PAGE_URL        page URL, e.g. http://127.0.0.1:4400/   (required)
+//   LINKER_WS_URL          WebSocket URL, e.g. ws://127.0.0.1:8088/ws (required)
+//   LINKER_SCREENSHOT_DIR  if set, page-a.png and page-b.png are written there
+//   LINKER_CHROMIUM        chromium binary (default /usr/bin/chromium)
+//
+// Prints one line per step; exits 0 on success, 1 with a reason on failure.
+// Setup: scripts/setup-browser.sh. Run: node test-script/browser/two-pages.mjs
+import { chromium } from 'playwright-core';
+import { mkdirSync } from 'node:fs';
+import path from 'node:path';
+
+const STEP_TIMEOUT_MS = 10_000; // every wait for the page
+const TOTAL_TIMEOUT_MS = 90_000; // the whole test, whatever happens
+
+const PAGE_URL = process.env.LINKER_PAGE_URL;
+const WS_URL = process.env.LINKER_WS_URL;
+const SCREENSHOT_DIR = process.env.LINKER_SCREENSHOT_DIR || '';
+const CHROMIUM = process.env.LINKER_CHROMIUM || '/usr/bin/chromium';
+
+const started = Date.now();
+const elapsed = () => ((Date.now() - started) / 1000).toFixed(1).padStart(5) + 's';
+const step = (msg) => console.log(`[two-pages ${elapsed()}] ${msg}`);
+
+class TestFailure extends Error {}
+const fail = (reason) => { throw new TestFailure(reason); };
+
+function randomUser(exclude) {
+  for (;;) {
+    const id = 'ANZ-' + String(Math.floor(Math.random() * 1_000_000)).padStart(6, '0');
+    if (id !== 'ANZ-123223' && id !== exclude) return id; // not the master user
+  }
+}
+
+function pageUrlFor(user) {
+  const url = new URL(PAGE_URL);
+  url.searchParams.set('ws', WS_URL);
+  url.searchParams.set('user', user);
+  return url.toString();
+}
+
+// Waits until `selector`'s text is none of `transient`, then returns it.
+async function settledText(page, selector, transient) {
+  const handle = await page.waitForFunction(
+    ([sel, skip]) => {
+      const el = document.querySelector(sel);
+      if (!el) return false;
+      const text = el.textContent.trim();
+      return skip.includes(text) ? false : text;
+    },
+    [selector, transient],
+    { timeout: STEP_TIMEOUT_MS },
+  );
+  return handle.jsonValue();
+}
+
+// Waits until an element matching `selector` has exactly `text`.
+async function waitForExactText(page, selector, text, what) {
+  try {
+    await page.waitForFunction(
+      ([sel, want]) => [...document.querySelectorAll(sel)].some((el) => el.textContent.trim() === want),
+      [selector, text],
+      { timeout: STEP_TIMEOUT_MS },
+    );
+  } catch (e) {
+    if (e.name === 'TimeoutError') fail(`${what}: no ${selector} with text "${text}" within ${STEP_TIMEOUT_MS / 1000}s`);
+    throw e;
+  }
+}
+
+// Waits for an incoming frame of `type` in the page's log and returns the
+// latest such frame, parsed.
+async function waitForIncomingFrame(page, type, what) {
+  const selector = `#log .frame.in[data-type="${type}"]`;
+  try {
+    await page.waitForSelector(selector, { timeout: STEP_TIMEOUT_MS });
+  } catch (e) {
+    if (e.name === 'TimeoutError') fail(`${what}: no incoming ${type} frame within ${STEP_TIMEOUT_MS / 1000}s`);
+    throw e;
+  }
+  const text = await page.locator(selector).last().locator('pre').textContent();
+  try {
+    return JSON.parse(text);
+  } catch {
+    return fail(`${what}: the ${type} frame is not JSON: ${text}`);
+  }
+}
+
+async function connectAndAuth(page, name, user) {
+  const shownUrl = await page.inputValue('#ws-url');
+  const shownUser = await page.inputValue('#user-id');
+  if (shownUrl !== WS_URL) fail(`${name}: #ws-url is "${shownUrl}", expected the ?ws= value "${WS_URL}"`);
+  if (shownUser !== user) fail(`${name}: #user-id is "${shownUser}", expected the ?user= value "${user}"`);
+
+  await page.click('#connect');
+  // The click sets "connecting" at once; wait for what follows it.
+  const state = await settledText(page, '#state', ['connecting']).catch((e) => {
+    if (e.name === 'TimeoutError') fail(`${name}: still not connected to ${WS_URL} after ${STEP_TIMEOUT_MS / 1000}s`);
+    throw e;
+  });
+  if (state !== 'connected') fail(`${name}: #state is "${state}" after connecting`);
+  step(`${name} (${user}) connected`);
+
+  await page.click('#auth');
+  const auth = await settledText(page, '#auth-state', ['not authenticated']).catch((e) => {
+    if (e.name === 'TimeoutError') fail(`${name}: no AUTH_CLIENT_REPLY shown within ${STEP_TIMEOUT_MS / 1000}s`);
+    throw e;
+  });
+  if (auth !== 'authenticated') fail(`${name}: #auth-state is "${auth}"`);
+  step(`${name} (${user}) authenticated`);
+}
+
+async function sendMessage(page, { to, content, feature, reference }) {
+  await page.fill('#to', to);
+  await page.fill('#content', content);
+  await page.selectOption('#feature', feature);
+  await page.fill('#reference', reference || '');
+  await page.check('#confirmation');
+  await page.click('#send');
+}
+
+// A one-line summary of a page's log, to explain a failure.
+async function logSummary(page) {
+  return page.$$eval('#log > *', (els) => els.map((el) =>
+    el.classList.contains('frame')
+      ? (el.classList.contains('in') ? '<' : '>') + el.dataset.type
+      : '(' + el.textContent.replace(/^\S+\s+/, '').trim() + ')',
+  ).join(' '));
+}
+
+async function run(browser, pages) {
+  const userA = randomUser();
+  const userB = randomUser(userA);
+
+  for (const name of ['A', 'B']) {
+    // One context each: two independent users, like two separate browsers.
+    const context = await browser.newContext({ viewport: { width: 1280, height: 1120 } });
+    const page = await context.newPage();
+    page.setDefaultTimeout(STEP_TIMEOUT_MS);
+    page.on('pageerror', (err) => { pages.errors.push(`${name}: page error: ${err.message}`); });
+    page.on('console', (msg) => {
+      if (msg.type() === 'error') console.log(`[two-pages ${elapsed()}] (${name} console error: ${msg.text()})`);
+    });
+    pages[name] = page;
+  }
+  const { A, B } = pages;
+
+  for (const [name, page, user] of [['A', A, userA], ['B', B, userB]]) {
+    const url = pageUrlFor(user);
+    const resp = await page.goto(url, { timeout: STEP_TIMEOUT_MS }).catch((e) => {
+      fail(`${name}: cannot open ${url}: ${e.message.split('\n')[0]}`);
+    });
+    if (!resp || !resp.ok()) fail(`${name}: GET ${url} answered ${resp ? resp.status() : 'nothing'}`);
+    await page.waitForSelector('#state', { timeout: STEP_TIMEOUT_MS });
+    if (pages.errors.length) fail(pages.errors[0]);
+    step(`${name} opened ${url}`);
+  }
+
+  await connectAndAuth(A, 'A', userA);
+  await connectAndAuth(B, 'B', userB);
+
+  // A -> B, RELIABLE, with a reference: B shows it, A gets the confirmation.
+  const reference = 'ref-' + Date.now().toString(36);
+  const hello = `hello from ${userA} (${reference})`;
+  await sendMessage(A, { to: userB, content: hello, feature: 'RELIABLE', reference });
+  step(`A sent a RELIABLE MESSAGE to ${userB} with reference ${reference}`);
+
+  await waitForExactText(B, '#conversation li', `${userA}: ${hello}`, 'B');
+  step(`B shows "${userA}: ${hello}"`);
+
+  const received = await waitForIncomingFrame(B, 'MESSAGE', 'B');
+  if (received.reference !== reference) {
+    fail(`B: the MESSAGE frame's reference is ${JSON.stringify(received.reference)}, expected "${reference}"`);
+  }
+  step('B\'s MESSAGE frame carries the reference');
+
+  const confirmation = await waitForIncomingFrame(A, 'MESSAGE_CONFIRMATION', 'A');
+  if (!confirmation.data || confirmation.data.reference !== reference) {
+    fail(`A: MESSAGE_CONFIRMATION is ${JSON.stringify(confirmation)}, expected data.reference "${reference}"`);
+  }
+  step(`A got MESSAGE_CONFIRMATION for ${reference}`);
+
+  // B -> A, FAST, no reference: A shows it.
+  const reply = `reply from ${userB}`;
+  await sendMessage(B, { to: userA, content: reply, feature: 'FAST', reference: '' });
+  step(`B sent a FAST MESSAGE to ${userA}`);
+
+  await waitForExactText(A, '#conversation li', `${userB}: ${reply}`, 'A');
+  step(`A shows "${userB}: ${reply}"`);
+
+  if (pages.errors.length) fail(pages.errors[0]);
+}
+
+async function screenshots(pages) {
+  if (!SCREENSHOT_DIR) return;
+  mkdirSync(SCREENSHOT_DIR, { recursive: true });
+  for (const name of ['A', 'B']) {
+    if (!pages[name]) continue;
+    const file = path.join(SCREENSHOT_DIR, `page-${name.toLowerCase()}.png`);
+    try {
+      await pages[name].screenshot({ path: file, timeout: STEP_TIMEOUT_MS });
+      step(`screenshot ${file}`);
+    } catch (e) {
+      step(`screenshot ${file} failed: ${e.message.split('\n')[0]}`);
+    }
+  }
+}
+
+async function main() {
+  if (!PAGE_URL || !WS_URL) {
+    console.error('two-pages: FAIL: set LINKER_PAGE_URL (e.g. http://127.0.0.1:4400/) and LINKER_WS_URL (e.g. ws://127.0.0.1:8088/ws)');
+    return 1;
+  }
+
+  let browser = null;
+  const pages = { errors: [] };
+  let code = 1;
+  let timer = null;
+  try {
+    browser = await chromium.launch({
+      executablePath: CHROMIUM,
+      headless: true,
+      timeout: 30_000,
+      args: [
+        '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+        '--disable-background-networking', '--disable-component-update', '--disable-sync',
+      ],
+    });
+    step(`launched ${CHROMIUM} ${browser.version()}`);
+
+    const overall = new Promise((_, reject) => {
+      timer = setTimeout(() => reject(new TestFailure(`the whole test took more than ${TOTAL_TIMEOUT_MS / 1000}s`)), TOTAL_TIMEOUT_MS);
+    });
+    const test = run(browser, pages);
+    test.catch(() => {}); // if the overall timeout wins, a later rejection is expected
+    await Promise.race([test, overall]);
+    await screenshots(pages);
+    console.log(`two-pages: PASS (${elapsed().trim()})`);
+    code = 0;
+  } catch (e) {
+    const reason = e instanceof TestFailure ? e.message : (e && e.stack) || String(e);
+    console.error(`two-pages: FAIL: ${reason}`);
+    for (const name of ['A', 'B']) {
+      if (!pages[name]) continue;
+      const summary = await Promise.race([
+        logSummary(pages[name]).catch(() => '(unavailable)'),
+        new Promise((resolve) => setTimeout(() => resolve('(unavailable)'), 2000)),
+      ]);
+      console.error(`two-pages:   ${name} log: ${summary || '(empty)'}`);
+    }
+    await screenshots(pages);
+  } finally {
+    clearTimeout(timer);
+    if (browser) {
+      // Closing should be quick; if it is not, exiting kills chromium anyway.
+      await Promise.race([browser.close().catch(() => {}), new Promise((r) => setTimeout(r, 10_000))]);
+    }
+  }
+  return code;
+}
+
+process.exit(await main());
