@@ -77,8 +77,10 @@ impl EmbeddedStore {
         })
     }
 
-    async fn write(&self, make: impl FnOnce(oneshot::Sender<Result<(), StoreError>>) -> Write)
-    -> Result<(), StoreError> {
+    async fn write(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<(), StoreError>>) -> Write,
+    ) -> Result<(), StoreError> {
         let (tx, rx) = oneshot::channel();
         let writes = self.writes.as_ref().expect("set until drop");
         writes
