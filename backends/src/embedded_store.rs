@@ -2,8 +2,10 @@
 //!
 //! redb was chosen over SQLite: it is pure Rust (no C toolchain in the build), its commits are
 //! crash-safe (copy-on-write B-trees, fsync at commit) and it needs no schema or SQL layer for
-//! the three operations we do. Messages are keyed `(user, message id)`; ids are UUID v7, so a
-//! user's range reads oldest first. A per-user count is kept in the same transaction.
+//! the three operations we do. Messages are keyed `(user, sequence)`, the sequence given by the
+//! writer in the order messages are persisted, so a user's range reads oldest first; an index
+//! from message id to sequence makes `persist` idempotent and `remove` direct. A per-user count
+//! is kept in the same transaction.
 //!
 //! Writes go through one writer thread that commits every pending write in one transaction
 //! (group commit): one fsync covers many messages under load, and `persist` returns only once
@@ -20,8 +22,11 @@ use common::envelope::StoredMessage;
 use common::ids::{MessageId, UserId};
 use common::store::{Fetched, Store, StoreError};
 
-const MESSAGES: TableDefinition<(&str, u128), &[u8]> = TableDefinition::new("messages");
+const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("messages");
+const IDS: TableDefinition<(&str, u128), u64> = TableDefinition::new("ids");
 const COUNTS: TableDefinition<&str, u64> = TableDefinition::new("counts");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const NEXT_SEQ: &str = "next_seq";
 
 /// Most writes committed in one transaction.
 const MAX_BATCH: usize = 512;
@@ -61,14 +66,22 @@ impl EmbeddedStore {
             .map_err(|e| unavailable(format!("cannot open {}: {e}", path.display())))?;
         let txn = db.begin_write().map_err(unavailable)?;
         txn.open_table(MESSAGES).map_err(unavailable)?;
+        txn.open_table(IDS).map_err(unavailable)?;
         txn.open_table(COUNTS).map_err(unavailable)?;
+        let next_seq = txn
+            .open_table(META)
+            .map_err(unavailable)?
+            .get(NEXT_SEQ)
+            .map_err(unavailable)?
+            .map(|v| v.value())
+            .unwrap_or(0);
         txn.commit().map_err(unavailable)?;
         let db = Arc::new(db);
         let (writes, rx) = mpsc::channel(4096);
         let writer_db = db.clone();
         let writer = std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || writer(writer_db, rx))
+            .spawn(move || writer(writer_db, rx, next_seq))
             .map_err(unavailable)?;
         Ok(EmbeddedStore {
             db,
@@ -92,7 +105,7 @@ impl EmbeddedStore {
 }
 
 /// Applies writes in batches, one transaction (one fsync) per batch.
-fn writer(db: Arc<Database>, mut rx: mpsc::Receiver<Write>) {
+fn writer(db: Arc<Database>, mut rx: mpsc::Receiver<Write>, mut next_seq: u64) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
@@ -102,7 +115,7 @@ fn writer(db: Arc<Database>, mut rx: mpsc::Receiver<Write>) {
                 Err(_) => break,
             }
         }
-        let result = apply(&db, &batch);
+        let result = apply(&db, &batch, &mut next_seq);
         for w in batch.drain(..) {
             let reply = match w {
                 Write::Persist(_, reply) | Write::Remove(_, _, reply) => reply,
@@ -112,37 +125,60 @@ fn writer(db: Arc<Database>, mut rx: mpsc::Receiver<Write>) {
     }
 }
 
-fn apply(db: &Database, batch: &[Write]) -> Result<(), StoreError> {
+fn apply(db: &Database, batch: &[Write], next_seq: &mut u64) -> Result<(), StoreError> {
+    let start = *next_seq;
     let txn = db.begin_write().map_err(unavailable)?;
-    {
+    let result = (|| {
         let mut messages = txn.open_table(MESSAGES).map_err(unavailable)?;
+        let mut ids = txn.open_table(IDS).map_err(unavailable)?;
         let mut counts = txn.open_table(COUNTS).map_err(unavailable)?;
         for w in batch {
             match w {
                 Write::Persist(m, _) => {
-                    let bytes = serde_json::to_vec(m).map_err(unavailable)?;
-                    let key = (m.to.as_str(), m.id.0.as_u128());
-                    let existed = messages
-                        .insert(key, bytes.as_slice())
-                        .map_err(unavailable)?
-                        .is_some();
-                    if !existed {
-                        bump(&mut counts, m.to.as_str(), 1)?;
+                    let id = (m.to.as_str(), m.id.0.as_u128());
+                    if ids.get(id).map_err(unavailable)?.is_some() {
+                        continue; // stored already: a redelivery
                     }
+                    let seq = *next_seq;
+                    *next_seq += 1;
+                    let bytes = serde_json::to_vec(m).map_err(unavailable)?;
+                    messages
+                        .insert((m.to.as_str(), seq), bytes.as_slice())
+                        .map_err(unavailable)?;
+                    ids.insert(id, seq).map_err(unavailable)?;
+                    bump(&mut counts, m.to.as_str(), 1)?;
                 }
                 Write::Remove(user, id, _) => {
-                    let existed = messages
+                    let Some(seq) = ids
                         .remove((user.as_str(), id.0.as_u128()))
                         .map_err(unavailable)?
-                        .is_some();
-                    if existed {
+                    else {
+                        continue;
+                    };
+                    let seq = seq.value();
+                    if messages
+                        .remove((user.as_str(), seq))
+                        .map_err(unavailable)?
+                        .is_some()
+                    {
                         bump(&mut counts, user.as_str(), -1)?;
                     }
                 }
             }
         }
+        txn.open_table(META)
+            .map_err(unavailable)?
+            .insert(NEXT_SEQ, *next_seq)
+            .map_err(unavailable)?;
+        Ok(())
+    })();
+    match result.and_then(|()| txn.commit().map_err(unavailable)) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            *next_seq = start;
+            Err(e)
+        }
     }
-    txn.commit().map_err(unavailable)
 }
 
 fn bump(counts: &mut redb::Table<&str, u64>, user: &str, delta: i64) -> Result<(), StoreError> {
@@ -178,7 +214,7 @@ impl Store for EmbeddedStore {
             let table = txn.open_table(MESSAGES).map_err(unavailable)?;
             let mut messages = Vec::with_capacity(limit.min(total as usize));
             let range = table
-                .range((user.as_str(), 0u128)..=(user.as_str(), u128::MAX))
+                .range((user.as_str(), 0u64)..=(user.as_str(), u64::MAX))
                 .map_err(unavailable)?;
             for row in range.take(limit) {
                 let (_, value) = row.map_err(unavailable)?;
@@ -225,6 +261,10 @@ mod tests {
                 store.persist(m).await.unwrap();
             }
             store.persist(&message(&other, 9)).await.unwrap();
+            // A group message is stored once per member under one id.
+            let mut shared = message(&other, 10);
+            shared.id = stored[4].id;
+            store.persist(&shared).await.unwrap();
             // Persisting the same id again keeps one copy.
             store.persist(&stored[0]).await.unwrap();
         }
@@ -238,6 +278,6 @@ mod tests {
         let f = store.fetch(&user, 10).await.unwrap();
         assert_eq!(f.total, 4);
         assert_eq!(f.messages.len(), 4);
-        assert_eq!(store.fetch(&other, 10).await.unwrap().total, 1);
+        assert_eq!(store.fetch(&other, 10).await.unwrap().total, 2);
     }
 }

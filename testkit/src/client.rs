@@ -1,0 +1,160 @@
+//! A WebSocket client that speaks the linker protocol, for tests.
+//!
+//! Every wait is bounded (`WAIT`), so a missing frame fails the test instead of hanging it.
+//! `sync()` is a barrier: a FAST message to oneself travels the same path as everything sent
+//! before it, so frames that were going to arrive have arrived when it comes back.
+
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// Longest wait for any one frame.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub struct Client {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    /// Set once authenticated.
+    pub user: String,
+    syncs: u64,
+}
+
+/// How a socket ended, as the client saw it.
+#[derive(Debug)]
+pub enum Ended {
+    Closed(Option<CloseFrame>),
+    Dropped,
+}
+
+impl Client {
+    pub async fn connect(url: &str) -> anyhow::Result<Client> {
+        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
+            .await
+            .context("connect timed out")?
+            .with_context(|| format!("connect to {url}"))?;
+        Ok(Client {
+            ws,
+            user: String::new(),
+            syncs: 0,
+        })
+    }
+
+    /// Connects and authenticates `user` of app ANZ; fails unless the reply says true.
+    pub async fn login(url: &str, user: &str) -> anyhow::Result<Client> {
+        Self::login_app(url, user, "app-id-343").await
+    }
+
+    pub async fn login_app(url: &str, user: &str, app_id: &str) -> anyhow::Result<Client> {
+        let mut c = Client::connect(url).await?;
+        let reply = c.auth(user, app_id).await?;
+        if reply["data"]["isAuthenticated"] != json!(true) {
+            bail!("{user} not authenticated: {reply}");
+        }
+        c.user = user.to_owned();
+        Ok(c)
+    }
+
+    /// Sends AUTH_CLIENT and returns the AUTH_CLIENT_REPLY.
+    pub async fn auth(&mut self, user: &str, app_id: &str) -> anyhow::Result<Value> {
+        self.send(&json!({"type":"AUTH_CLIENT","data":{"appId":app_id,"userId":user,"token":"t"}}))
+            .await?;
+        self.expect("AUTH_CLIENT_REPLY").await
+    }
+
+    pub async fn send(&mut self, frame: &Value) -> anyhow::Result<()> {
+        self.send_text(&frame.to_string()).await
+    }
+
+    pub async fn send_text(&mut self, text: &str) -> anyhow::Result<()> {
+        self.ws.send(Message::Text(text.into())).await?;
+        Ok(())
+    }
+
+    pub async fn send_binary(&mut self, bytes: Vec<u8>) -> anyhow::Result<()> {
+        self.ws.send(Message::Binary(bytes.into())).await?;
+        Ok(())
+    }
+
+    /// A MESSAGE to `to`.
+    pub async fn message(
+        &mut self,
+        to: &str,
+        content: &str,
+        feature: &str,
+        reference: Option<&str>,
+    ) -> anyhow::Result<()> {
+        let mut frame =
+            json!({"type":"MESSAGE","feature":feature,"data":{"to":to,"content":content}});
+        if let Some(r) = reference {
+            frame["reference"] = json!(r);
+        }
+        self.send(&frame).await
+    }
+
+    /// The next text frame as JSON; an error if the socket ends or nothing comes in time.
+    pub async fn next(&mut self) -> anyhow::Result<Value> {
+        loop {
+            let msg = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .map_err(|_| anyhow!("{}: no frame within {WAIT:?}", self.user))?;
+            match msg {
+                Some(Ok(Message::Text(t))) => return Ok(serde_json::from_str(&t)?),
+                Some(Ok(Message::Close(f))) => bail!("{}: socket closed: {f:?}", self.user),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => bail!("{}: socket error: {e}", self.user),
+                None => bail!("{}: socket ended", self.user),
+            }
+        }
+    }
+
+    /// The next frame, which must be of type `kind`.
+    pub async fn expect(&mut self, kind: &str) -> anyhow::Result<Value> {
+        let frame = self.next().await?;
+        if frame["type"] != json!(kind) {
+            bail!("{}: expected {kind}, got {frame}", self.user);
+        }
+        Ok(frame)
+    }
+
+    /// Waits for the socket to end; returns the close frame if the server sent one. Frames
+    /// that arrive first are returned too.
+    pub async fn ended(&mut self) -> anyhow::Result<(Ended, Vec<Value>)> {
+        let mut seen = Vec::new();
+        loop {
+            let msg = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .map_err(|_| anyhow!("{}: socket still open after {WAIT:?}", self.user))?;
+            match msg {
+                Some(Ok(Message::Text(t))) => seen.push(serde_json::from_str(&t)?),
+                Some(Ok(Message::Close(f))) => return Ok((Ended::Closed(f), seen)),
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return Ok((Ended::Dropped, seen)),
+            }
+        }
+    }
+
+    /// Sends a FAST message to oneself and returns every frame that arrived before it.
+    pub async fn sync(&mut self) -> anyhow::Result<Vec<Value>> {
+        self.syncs += 1;
+        let marker = format!("sync-{}-{}", self.user, self.syncs);
+        let user = self.user.clone();
+        self.message(&user, &marker, "FAST", None).await?;
+        let mut before = Vec::new();
+        loop {
+            let frame = self.next().await?;
+            if frame["type"] == "MESSAGE" && frame["data"]["content"] == json!(marker) {
+                return Ok(before);
+            }
+            before.push(frame);
+        }
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+    }
+}

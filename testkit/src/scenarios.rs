@@ -1,0 +1,596 @@
+//! The protocol scenarios, written once and run against every deployment.
+//!
+//! Each is `async fn(&dyn Deployment) -> anyhow::Result<()>` and uses only what a client sees:
+//! frames on real sockets, and `/metrics` where the deployment has it. Users get unique ids,
+//! and clients of one user are spread over connectors where there are several.
+//! [`scenario_tests!`](crate::scenario_tests) turns a list of them into `#[tokio::test]`s.
+
+use anyhow::{Context, bail, ensure};
+use serde_json::{Value, json};
+
+use crate::client::{Client, Ended};
+use crate::deployment::Deployment;
+use crate::{http_get, metric, unique_user};
+
+/// The master user of app ANZ in every test network.
+pub const MASTER: &str = "ANZ-123223";
+
+/// Generates one `#[tokio::test]` per scenario, each on a fresh deployment from `$start`.
+#[macro_export]
+macro_rules! scenario_tests {
+    ($start:expr; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let d = $start.await.expect("the deployment starts");
+                if let Err(e) = $crate::scenarios::$name(&d).await {
+                    panic!("{e:#}\n{}", $crate::Deployment::diagnostics(&d));
+                }
+            }
+        )*
+    };
+}
+
+fn types(frames: &[Value]) -> Vec<String> {
+    frames
+        .iter()
+        .map(|f| f["type"].as_str().unwrap_or("?").to_owned())
+        .collect()
+}
+
+async fn fetch(c: &mut Client, count: i64) -> anyhow::Result<(Vec<Value>, u64)> {
+    c.send(&json!({"type":"FETCH_MISSING_MESSAGES_REQUEST","data":{"count":count}}))
+        .await?;
+    let mut got = Vec::new();
+    loop {
+        let f = c.next().await?;
+        if f["type"] == "FETCH_MISSING_MESSAGES_COMPLETE" {
+            let left = f["data"]["leftMissingCount"]
+                .as_u64()
+                .context("leftMissingCount is a number")?;
+            return Ok((got, left));
+        }
+        got.push(f);
+    }
+}
+
+async fn fast_dropped(d: &dyn Deployment) -> anyhow::Result<f64> {
+    let mut total = 0.0;
+    for addr in d.metrics_addrs() {
+        let (status, body) = http_get(&addr, "/metrics").await?;
+        ensure!(status == 200, "/metrics on {addr} answered {status}");
+        total += metric(&body, "linker_fast_dropped_total", &["reason=\"offline\""]);
+    }
+    Ok(total)
+}
+
+pub async fn two_users_exchange_fast_and_reliable(d: &dyn Deployment) -> anyhow::Result<()> {
+    let (a_id, b_id) = (unique_user(), unique_user());
+    let mut a = Client::login(&d.ws_url(0), &a_id).await?;
+    let mut b = Client::login(&d.ws_url(1), &b_id).await?;
+    a.message(&b_id, "hello", "RELIABLE", None).await?;
+    let m = b.expect("MESSAGE").await?;
+    ensure!(
+        m == json!({"type":"MESSAGE","data":{"from":a_id,"content":"hello"}}),
+        "{m}"
+    );
+    b.message(&a_id, "fast hi", "FAST", Some("r1")).await?;
+    let m = a.expect("MESSAGE").await?;
+    ensure!(
+        m == json!({"type":"MESSAGE","data":{"from":b_id,"content":"fast hi"},"reference":"r1"}),
+        "{m}"
+    );
+    let c = b.expect("MESSAGE_CONFIRMATION").await?;
+    ensure!(
+        c == json!({"type":"MESSAGE_CONFIRMATION","data":{"reference":"r1"}}),
+        "{c}"
+    );
+    // Structured content passes through unchanged.
+    let content = json!({"text":"hi","n":[1,2,3]});
+    a.send(&json!({"type":"MESSAGE","data":{"to":b_id,"content":content}}))
+        .await?;
+    let m = b.expect("MESSAGE").await?;
+    ensure!(m["data"]["content"] == content, "{m}");
+    Ok(())
+}
+
+pub async fn confirmation_arrives_once_with_two_target_sockets(
+    d: &dyn Deployment,
+) -> anyhow::Result<()> {
+    let (a_id, b_id) = (unique_user(), unique_user());
+    let mut a = Client::login(&d.ws_url(0), &a_id).await?;
+    let mut b1 = Client::login(&d.ws_url(0), &b_id).await?;
+    let mut b2 = Client::login(&d.ws_url(1), &b_id).await?;
+    a.message(&b_id, "to both", "RELIABLE", Some("ref-1"))
+        .await?;
+    for b in [&mut b1, &mut b2] {
+        let m = b.expect("MESSAGE").await?;
+        ensure!(
+            m["reference"] == "ref-1" && m["data"]["content"] == "to both",
+            "{m}"
+        );
+    }
+    let c = a.expect("MESSAGE_CONFIRMATION").await?;
+    ensure!(c["data"]["reference"] == "ref-1", "{c}");
+    let later = a.sync().await?;
+    ensure!(
+        !types(&later).contains(&"MESSAGE_CONFIRMATION".to_owned()),
+        "a second confirmation arrived: {later:?}"
+    );
+    Ok(())
+}
+
+pub async fn no_confirmation_without_reference_or_when_disabled(
+    d: &dyn Deployment,
+) -> anyhow::Result<()> {
+    let (a_id, b_id) = (unique_user(), unique_user());
+    let mut a = Client::login(&d.ws_url(0), &a_id).await?;
+    let mut b = Client::login(&d.ws_url(1), &b_id).await?;
+    a.message(&b_id, "no ref", "RELIABLE", None).await?;
+    b.expect("MESSAGE").await?;
+    a.send(
+        &json!({"type":"MESSAGE","reference":"r2","confirmationEnabled":false,
+        "data":{"to":b_id,"content":"disabled"}}),
+    )
+    .await?;
+    let m = b.expect("MESSAGE").await?;
+    ensure!(m["reference"] == "r2", "{m}");
+    let later = a.sync().await?;
+    ensure!(later.is_empty(), "unexpected frames: {later:?}");
+    Ok(())
+}
+
+pub async fn reliable_message_to_offline_user_is_stored_and_fetched_once(
+    d: &dyn Deployment,
+) -> anyhow::Result<()> {
+    let (a_id, b_id) = (unique_user(), unique_user());
+    let mut a = Client::login(&d.ws_url(0), &a_id).await?;
+    a.message(&b_id, "while you were away", "RELIABLE", Some("ref-off"))
+        .await?;
+    let early = a.sync().await?;
+    ensure!(
+        early.is_empty(),
+        "nothing is confirmed before delivery: {early:?}"
+    );
+    let mut b = Client::login(&d.ws_url(1), &b_id).await?;
+    let (got, left) = fetch(&mut b, 10).await?;
+    ensure!(left == 0, "left {left}");
+    ensure!(
+        got == vec![
+            json!({"type":"MESSAGE","data":{"from":a_id,"content":"while you were away"},"reference":"ref-off"})
+        ],
+        "{got:?}"
+    );
+    // Delivered now, so the sender gets its confirmation.
+    let c = a.expect("MESSAGE_CONFIRMATION").await?;
+    ensure!(c["data"]["reference"] == "ref-off", "{c}");
+    let (again, left) = fetch(&mut b, 10).await?;
+    ensure!(again.is_empty() && left == 0, "fetched twice: {again:?}");
+    Ok(())
+}
+
+pub async fn fast_message_to_offline_user_is_dropped_and_counted(
+    d: &dyn Deployment,
+) -> anyhow::Result<()> {
+    let (a_id, b_id) = (unique_user(), unique_user());
+    let before = fast_dropped(d).await?;
+    let mut a = Client::login(&d.ws_url(0), &a_id).await?;
+    a.message(&b_id, "gone", "FAST", None).await?;
+    a.sync().await?;
+    if !d.metrics_addrs().is_empty() {
+        let after = fast_dropped(d).await?;
+        ensure!(after == before + 1.0, "dropped count {before} -> {after}");
+    }
+    let mut b = Client::login(&d.ws_url(1), &b_id).await?;
+    let (got, left) = fetch(&mut b, 10).await?;
+    ensure!(
+        got.is_empty() && left == 0,
+        "a FAST message was stored: {got:?}"
+    );
+    Ok(())
+}
+
+pub async fn group_message_reaches_online_members_and_is_stored_for_offline(
+    d: &dyn Deployment,
+) -> anyhow::Result<()> {
+    let (a_id, b_id, c_id, off_id) = (unique_user(), unique_user(), unique_user(), unique_user());
+    let mut a = Client::login(&d.ws_url(0), &a_id).await?;
+    let mut b = Client::login(&d.ws_url(0), &b_id).await?;
+    let mut c = Client::login(&d.ws_url(1), &c_id).await?;
+    a.send(&json!({"type":"GROUP_MESSAGE","reference":"g1",
+        "data":{"to":[b_id, c_id, off_id, b_id],"content":"to the group"}}))
+        .await?;
+    let expected =
+        json!({"type":"MESSAGE","data":{"from":a_id,"content":"to the group"},"reference":"g1"});
+    for member in [&mut b, &mut c] {
+        let m = member.expect("MESSAGE").await?;
+        ensure!(m == expected, "{m}");
+        let extra = member.sync().await?;
+        ensure!(extra.is_empty(), "listed twice, received twice: {extra:?}");
+    }
+    let later = a.sync().await?;
+    ensure!(
+        later.is_empty(),
+        "group messages are not confirmed: {later:?}"
+    );
+    let mut off = Client::login(&d.ws_url(1), &off_id).await?;
+    let (got, left) = fetch(&mut off, 10).await?;
+    ensure!(got == vec![expected] && left == 0, "{got:?}");
+    Ok(())
+}
+
+pub async fn fetch_returns_oldest_first_in_pages(d: &dyn Deployment) -> anyhow::Result<()> {
+    let (a_id, b_id) = (unique_user(), unique_user());
+    let mut a = Client::login(&d.ws_url(0), &a_id).await?;
+    for i in 1..=5 {
+        a.message(&b_id, &format!("m{i}"), "RELIABLE", None).await?;
+    }
+    a.sync().await?;
+    let mut b = Client::login(&d.ws_url(1), &b_id).await?;
+    let contents = |frames: &[Value]| -> Vec<String> {
+        frames
+            .iter()
+            .map(|f| f["data"]["content"].as_str().unwrap_or("?").to_owned())
+            .collect()
+    };
+    let (got, left) = fetch(&mut b, 3).await?;
+    ensure!(contents(&got) == ["m1", "m2", "m3"], "{got:?}");
+    ensure!(left == 2, "leftMissingCount {left}");
+    let (got, left) = fetch(&mut b, 3).await?;
+    ensure!(
+        contents(&got) == ["m4", "m5"] && left == 0,
+        "{got:?} left {left}"
+    );
+    Ok(())
+}
+
+pub async fn master_gets_user_connected_and_disconnected(d: &dyn Deployment) -> anyhow::Result<()> {
+    let mut master = Client::login(&d.ws_url(0), MASTER).await?;
+    let u_id = unique_user();
+    let u = Client::login(&d.ws_url(1), &u_id).await?;
+    let f = master.expect("USER_CONNECTED").await?;
+    ensure!(
+        f == json!({"type":"USER_CONNECTED","data":{"userId":u_id}}),
+        "{f}"
+    );
+    u.close().await;
+    let f = master.expect("USER_DISCONNECTED").await?;
+    ensure!(
+        f == json!({"type":"USER_DISCONNECTED","data":{"userId":u_id}}),
+        "{f}"
+    );
+    // The master's own sockets generate no events.
+    let second = Client::login(&d.ws_url(1), MASTER).await?;
+    second.close().await;
+    let later = master.sync().await?;
+    ensure!(
+        later.is_empty(),
+        "events about the master itself: {later:?}"
+    );
+    Ok(())
+}
+
+pub async fn master_events_wait_for_an_offline_master(d: &dyn Deployment) -> anyhow::Result<()> {
+    let u_id = unique_user();
+    Client::login(&d.ws_url(0), &u_id).await?.close().await;
+    let mut master = Client::login(&d.ws_url(1), MASTER).await?;
+    // The disconnect is published as the socket closes: poll, bounded, until both are stored.
+    let mut seen = Vec::new();
+    for _ in 0..50 {
+        let (got, _) = fetch(&mut master, 10).await?;
+        seen.extend(got);
+        if seen.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // If the master logs in before the disconnect is handled, that one arrives live, ahead
+    // of the stored connect: each arrives once, in either order.
+    seen.extend(master.sync().await?);
+    seen.sort_by_key(|f| f["type"].to_string());
+    ensure!(
+        seen == vec![
+            json!({"type":"USER_CONNECTED","data":{"userId":u_id}}),
+            json!({"type":"USER_DISCONNECTED","data":{"userId":u_id}}),
+        ],
+        "{seen:?}"
+    );
+    Ok(())
+}
+
+pub async fn close_connection_by_master_closes_every_socket_of_the_user(
+    d: &dyn Deployment,
+) -> anyhow::Result<()> {
+    let mut master = Client::login(&d.ws_url(0), MASTER).await?;
+    let u_id = unique_user();
+    let mut u1 = Client::login(&d.ws_url(0), &u_id).await?;
+    let mut u2 = Client::login(&d.ws_url(1), &u_id).await?;
+    master.expect("USER_CONNECTED").await?;
+    master.expect("USER_CONNECTED").await?;
+    master
+        .send(&json!({"type":"CLOSE_CONNECTION","data":{"userId":u_id}}))
+        .await?;
+    for u in [&mut u1, &mut u2] {
+        match u.ended().await? {
+            (Ended::Closed(Some(f)), _) => {
+                ensure!(u16::from(f.code) == 4000, "close code {}", f.code)
+            }
+            other => bail!("expected a close frame with code 4000, got {other:?}"),
+        }
+    }
+    let f = master.expect("USER_DISCONNECTED").await?;
+    ensure!(f["data"]["userId"] == json!(u_id), "{f}");
+    Ok(())
+}
+
+pub async fn close_connection_from_non_master_is_refused(d: &dyn Deployment) -> anyhow::Result<()> {
+    let (a_id, b_id) = (unique_user(), unique_user());
+    let mut a = Client::login(&d.ws_url(0), &a_id).await?;
+    let mut b = Client::login(&d.ws_url(1), &b_id).await?;
+    a.send(&json!({"type":"CLOSE_CONNECTION","reference":"c1","data":{"userId":b_id}}))
+        .await?;
+    let f = a.expect("INVALID_MESSAGE").await?;
+    ensure!(
+        f["data"]["reason"] == "NOT_MASTER" && f["reference"] == "c1",
+        "{f}"
+    );
+    let later = b.sync().await?;
+    ensure!(later.is_empty(), "{later:?}");
+    Ok(())
+}
+
+pub async fn close_connection_for_offline_user_is_not_stored(
+    d: &dyn Deployment,
+) -> anyhow::Result<()> {
+    let mut master = Client::login(&d.ws_url(0), MASTER).await?;
+    let u_id = unique_user();
+    master
+        .send(&json!({"type":"CLOSE_CONNECTION","data":{"userId":u_id}}))
+        .await?;
+    master.sync().await?;
+    let mut u = Client::login(&d.ws_url(1), &u_id).await?;
+    let (got, left) = fetch(&mut u, 10).await?;
+    ensure!(got.is_empty() && left == 0, "{got:?}");
+    let later = u.sync().await?;
+    ensure!(later.is_empty(), "{later:?}");
+    Ok(())
+}
+
+pub async fn auth_failures_reply_false_with_a_reason_then_close(
+    d: &dyn Deployment,
+) -> anyhow::Result<()> {
+    let cases = [
+        ("app-id-343", "ANZ", "INVALID_USER_ID"),
+        ("app-id-343", "XYZ-12", "UNKNOWN_APP"),
+        ("wrong-id", "ANZ-12", "APP_ID_MISMATCH"),
+        ("app-id-343", "SYSTEM-1", "RESERVED_ID"),
+        ("app-id-343", "Connector-01", "RESERVED_ID"),
+    ];
+    for (app_id, user, reason) in cases {
+        let mut c = Client::connect(&d.ws_url(0)).await?;
+        let r = c.auth(user, app_id).await?;
+        ensure!(
+            r == json!({"type":"AUTH_CLIENT_REPLY","data":{"appId":app_id,"userId":user,
+                "isAuthenticated":false,"reason":reason}}),
+            "{user}: {r}"
+        );
+        match c.ended().await? {
+            (Ended::Closed(Some(f)), _) => ensure!(u16::from(f.code) == 1008, "{f:?}"),
+            other => bail!("{user}: expected a policy close, got {other:?}"),
+        }
+    }
+    // Missing fields in AUTH_CLIENT are bad input, not a stuck "authenticating" socket.
+    let mut c = Client::connect(&d.ws_url(0)).await?;
+    c.send(&json!({"type":"AUTH_CLIENT","data":{"appId":"app-id-343"}}))
+        .await?;
+    let f = c.expect("INVALID_MESSAGE").await?;
+    ensure!(
+        f["data"]["reason"] == "MISSING_FIELD" && f["data"]["field"] == "userId",
+        "{f}"
+    );
+    let ok = c.auth(&unique_user(), "app-id-343").await?;
+    ensure!(ok["data"]["isAuthenticated"] == true, "{ok}");
+    Ok(())
+}
+
+pub async fn frames_before_auth_get_auth_required(d: &dyn Deployment) -> anyhow::Result<()> {
+    let mut c = Client::connect(&d.ws_url(0)).await?;
+    c.send(&json!({"type":"MESSAGE","reference":"early","data":{"to":"ANZ-1","content":"x"}}))
+        .await?;
+    let f = c.expect("AUTH_REQUIRED").await?;
+    ensure!(
+        f == json!({"type":"AUTH_REQUIRED","data":{},"reference":"early"}),
+        "{f}"
+    );
+    let user = unique_user();
+    let r = c.auth(&user, "app-id-343").await?;
+    ensure!(r["data"]["isAuthenticated"] == true, "{r}");
+    c.send(&json!({"type":"AUTH_CLIENT","data":{"appId":"app-id-343","userId":user,"token":"t"}}))
+        .await?;
+    let f = c.expect("INVALID_MESSAGE").await?;
+    ensure!(f["data"]["reason"] == "ALREADY_AUTHENTICATED", "{f}");
+    Ok(())
+}
+
+pub async fn unauthenticated_socket_is_closed_at_the_deadline(
+    d: &dyn Deployment,
+) -> anyhow::Result<()> {
+    let mut c = Client::connect(&d.ws_url(0)).await?;
+    match c.ended().await? {
+        (Ended::Closed(Some(f)), _) => {
+            ensure!(u16::from(f.code) == 1008, "{f:?}");
+            ensure!(f.reason.contains("deadline"), "{f:?}");
+        }
+        other => bail!("expected a policy close, got {other:?}"),
+    }
+    Ok(())
+}
+
+pub async fn every_bad_input_gets_invalid_message_and_the_socket_stays_usable(
+    d: &dyn Deployment,
+) -> anyhow::Result<()> {
+    let user = unique_user();
+    let mut c = Client::login(&d.ws_url(0), &user).await?;
+    let cases: Vec<(String, &str)> = vec![
+        ("{not json".into(), "INVALID_JSON"),
+        ("[1,2,3]".into(), "INVALID_FIELD"),
+        (r#"{"data":{}}"#.into(), "MISSING_FIELD"),
+        (r#"{"type":"NOPE","data":{}}"#.into(), "UNKNOWN_TYPE"),
+        (
+            r#"{"type":"INTERNAL_MESSAGE","data":{}}"#.into(),
+            "FORBIDDEN_TYPE",
+        ),
+        (
+            r#"{"type":"MESSAGE_STATE_CHANGED","data":{}}"#.into(),
+            "FORBIDDEN_TYPE",
+        ),
+        (
+            r#"{"type":"USER_DISCONNECTED","data":{"userId":"ANZ-1"}}"#.into(),
+            "FORBIDDEN_TYPE",
+        ),
+        (r#"{"type":"MESSAGE"}"#.into(), "MISSING_FIELD"),
+        (
+            r#"{"type":"MESSAGE","data":{"to":"ANZ-1"}}"#.into(),
+            "MISSING_FIELD",
+        ),
+        (
+            r#"{"type":"MESSAGE","data":{"to":5,"content":"x"}}"#.into(),
+            "INVALID_FIELD",
+        ),
+        (
+            r#"{"type":"MESSAGE","data":{"to":"","content":"x"}}"#.into(),
+            "INVALID_USER_ID",
+        ),
+        (
+            r#"{"type":"MESSAGE","data":{"to":"Connector-01","content":"x"}}"#.into(),
+            "RESERVED_ID",
+        ),
+        (
+            r#"{"type":"MESSAGE","data":{"to":"SYSTEM-1","content":"x"}}"#.into(),
+            "RESERVED_ID",
+        ),
+        (
+            r#"{"type":"MESSAGE","feature":"SLOW","data":{"to":"ANZ-1","content":"x"}}"#.into(),
+            "INVALID_FIELD",
+        ),
+        (
+            r#"{"type":"MESSAGE","reference":7,"data":{"to":"ANZ-1","content":"x"}}"#.into(),
+            "INVALID_FIELD",
+        ),
+        (
+            r#"{"type":"GROUP_MESSAGE","data":{"to":[],"content":"x"}}"#.into(),
+            "INVALID_FIELD",
+        ),
+        (
+            r#"{"type":"GROUP_MESSAGE","data":{"to":"ANZ-1","content":"x"}}"#.into(),
+            "INVALID_FIELD",
+        ),
+        (
+            r#"{"type":"FETCH_MISSING_MESSAGES_REQUEST","data":{"count":0}}"#.into(),
+            "INVALID_FIELD",
+        ),
+        (
+            r#"{"type":"FETCH_MISSING_MESSAGES_REQUEST","data":{"count":-3}}"#.into(),
+            "INVALID_FIELD",
+        ),
+        (
+            r#"{"type":"FETCH_MISSING_MESSAGES_REQUEST","data":{}}"#.into(),
+            "MISSING_FIELD",
+        ),
+        (
+            r#"{"type":"CLOSE_CONNECTION","data":{"userId":"processor-1"}}"#.into(),
+            "RESERVED_ID",
+        ),
+        (
+            r#"{"type":"MESSAGE","data":{"to":"XYZ-1","content":"x"}}"#.into(),
+            "UNKNOWN_APP",
+        ),
+        (
+            r#"{"type":"MESSAGE","data":{"to":"BNZ-1","content":"x"}}"#.into(),
+            "CROSS_APP_FORBIDDEN",
+        ),
+    ];
+    for (text, reason) in &cases {
+        c.send_text(text).await?;
+        let f = c.expect("INVALID_MESSAGE").await.context(text.clone())?;
+        ensure!(f["data"]["reason"] == *reason, "{text}: {f}");
+        ensure!(f["data"]["detail"].is_string(), "{text}: no detail: {f}");
+        // Still usable: a valid frame round-trips.
+        let extra = c.sync().await?;
+        ensure!(extra.is_empty(), "{text}: {extra:?}");
+    }
+    c.send_binary(vec![1, 2, 3]).await?;
+    let f = c.expect("INVALID_MESSAGE").await?;
+    ensure!(f["data"]["reason"] == "BINARY_FRAME", "{f}");
+    // An error echoes the frame's reference.
+    c.send_text(r#"{"type":"NOPE","reference":"bad-1","data":{}}"#)
+        .await?;
+    let f = c.expect("INVALID_MESSAGE").await?;
+    ensure!(f["reference"] == "bad-1", "{f}");
+    c.sync().await?;
+    Ok(())
+}
+
+pub async fn nothing_a_client_sends_changes_from(d: &dyn Deployment) -> anyhow::Result<()> {
+    let (a_id, b_id) = (unique_user(), unique_user());
+    let mut a = Client::login(&d.ws_url(0), &a_id).await?;
+    let mut b = Client::login(&d.ws_url(1), &b_id).await?;
+    a.send(&json!({"type":"MESSAGE","from":MASTER,
+        "data":{"to":b_id,"content":"hi","from":MASTER}}))
+        .await?;
+    let m = b.expect("MESSAGE").await?;
+    ensure!(m["data"]["from"] == json!(a_id), "{m}");
+    a.send(&json!({"type":"GROUP_MESSAGE","data":{"to":[b_id],"content":"g","from":MASTER}}))
+        .await?;
+    let m = b.expect("MESSAGE").await?;
+    ensure!(m["data"]["from"] == json!(a_id), "{m}");
+    Ok(())
+}
+
+pub async fn oversized_frame_closes_with_1009(d: &dyn Deployment) -> anyhow::Result<()> {
+    let mut c = Client::login(&d.ws_url(0), &unique_user()).await?;
+    let big = "x".repeat(70 * 1024);
+    let frame = json!({"type":"MESSAGE","data":{"to":c.user,"content":big}});
+    c.send(&frame).await?;
+    match c.ended().await? {
+        (Ended::Closed(Some(f)), _) => {
+            ensure!(u16::from(f.code) == 1009, "{f:?}");
+            ensure!(f.reason.contains("limit"), "{f:?}");
+        }
+        other => bail!("expected close 1009, got {other:?}"),
+    }
+    Ok(())
+}
+
+pub async fn repeated_bad_frames_close_with_1008(d: &dyn Deployment) -> anyhow::Result<()> {
+    let mut c = Client::login(&d.ws_url(0), &unique_user()).await?;
+    for _ in 0..30 {
+        if c.send_text("{not json").await.is_err() {
+            break;
+        }
+    }
+    match c.ended().await? {
+        (Ended::Closed(Some(f)), seen) => {
+            ensure!(u16::from(f.code) == 1008, "{f:?}");
+            ensure!(
+                seen.iter().all(|s| s["type"] == "INVALID_MESSAGE"),
+                "{seen:?}"
+            );
+            ensure!(
+                seen.len() > 1,
+                "each bad frame is answered before the close"
+            );
+        }
+        other => bail!("expected close 1008, got {other:?}"),
+    }
+    Ok(())
+}
+
+pub async fn websocket_is_served_at_ws_only(d: &dyn Deployment) -> anyhow::Result<()> {
+    let url = d.ws_url(0).replace("/ws", "/other");
+    ensure!(
+        Client::connect(&url).await.is_err(),
+        "a WebSocket opened at /other"
+    );
+    Ok(())
+}
