@@ -273,13 +273,14 @@ pub fn parse_client_frame(text: &str, limits: &ParseLimits) -> Result<ClientFram
         error,
         reference: reference.clone(),
     };
-    if let Some(r) = &reference {
-        if r.len() > limits.max_reference_len {
-            return Err(reject(FrameError::InvalidField {
-                field: "reference",
-                expected: "must be at most 256 bytes",
-            }));
-        }
+    if reference
+        .as_ref()
+        .is_some_and(|r| r.len() > limits.max_reference_len)
+    {
+        return Err(reject(FrameError::InvalidField {
+            field: "reference",
+            expected: "is longer than the limit",
+        }));
     }
     let kind: Cow<'_, str> = required(raw.kind, "type", "must be a string").map_err(reject)?;
     let message_type = MessageType::from_wire(&kind)

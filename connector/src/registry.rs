@@ -138,14 +138,13 @@ pub(crate) async fn run_commands(
             ),
             ConnectorCommand::Close { targets, reason } => {
                 for t in &targets {
-                    if let Some(h) = shared.registry.sockets.get(&t.socket) {
-                        if h.user == t.user {
-                            *h.close_reason
-                                .lock()
-                                .expect("close reason lock is never poisoned") =
-                                Some(reason.clone());
-                            h.close.cancel();
-                        }
+                    if let Some(h) = shared.registry.sockets.get(&t.socket)
+                        && h.user == t.user
+                    {
+                        *h.close_reason
+                            .lock()
+                            .expect("close reason lock is never poisoned") = Some(reason.clone());
+                        h.close.cancel();
                     }
                 }
                 if let Some(r) = command.reply {

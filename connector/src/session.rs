@@ -74,6 +74,8 @@ async fn session(
         .write_buffer_size(16 * 1024)
         .max_message_size(Some(config.max_frame_bytes))
         .max_frame_size(Some(config.max_frame_bytes));
+    // The callback's signature is tungstenite's; its error type is not ours to shrink.
+    #[allow(clippy::result_large_err)]
     let only_ws_path = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
         if req.uri().path() == "/ws" {
             Ok(resp)

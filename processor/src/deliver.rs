@@ -201,10 +201,8 @@ impl Processor {
             };
             let written = self.send(&connector, command, report).await;
             for (target, ok) in targets.iter().zip(written) {
-                if ok {
-                    if let Some(u) = to.iter().find(|u| **u == target.user) {
-                        took.push(u);
-                    }
+                if ok && let Some(u) = to.iter().find(|u| **u == target.user) {
+                    took.push(u);
                 }
             }
         }

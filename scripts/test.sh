@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The project's test command (README): installs what the tests need, then checks format and
+# lints and runs every test. Safe to run again; a second run installs nothing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
+
+echo "== setup: Chromium and playwright-core for the browser test"
+scripts/setup-browser.sh
+
+echo "== format and lints"
+cargo fmt --all -- --check
+cargo clippy --all-targets -- -D warnings
+
+echo "== tests"
+cargo test --workspace
