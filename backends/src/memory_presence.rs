@@ -1,4 +1,7 @@
 //! In-process presence: a sharded map from user to sockets, and expiring per-user locks.
+//!
+//! Everything lives and dies with the one process, so entries need no expiry and refresh is a
+//! no-op; the in-memory bus never redelivers, so no processed marks are kept.
 
 use std::time::{Duration, Instant};
 
@@ -7,7 +10,7 @@ use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 use tokio::sync::Notify;
 
-use common::ids::{SocketAddress, UserId};
+use common::ids::{MessageId, SocketAddress, UserId};
 use common::presence::{LockToken, Presence, PresenceError};
 
 #[derive(Default)]
@@ -90,6 +93,18 @@ impl Presence for MemoryPresence {
     async fn unlock(&self, user: &UserId, token: LockToken) -> Result<(), PresenceError> {
         self.locks.remove_if(user, |_, (t, _)| *t == token.0);
         self.unlocked.notify_waiters();
+        Ok(())
+    }
+
+    async fn refresh(&self, _sockets: &[(UserId, SocketAddress)]) -> Result<(), PresenceError> {
+        Ok(())
+    }
+
+    async fn is_processed(&self, _id: MessageId) -> Result<bool, PresenceError> {
+        Ok(false)
+    }
+
+    async fn mark_processed(&self, _id: MessageId) -> Result<(), PresenceError> {
         Ok(())
     }
 }

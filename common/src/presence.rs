@@ -1,14 +1,16 @@
-//! Presence: which sockets each user holds, and the per-user lock that keeps two fetches
-//! apart.
+//! Presence: which sockets each user holds, the per-user lock that keeps two fetches apart,
+//! and the marks that recognise a redelivered envelope.
 //!
-//! Connectors add and remove their own sockets; processors look users up. A lock expires by
-//! itself after its ttl, so a crashed holder cannot block a user for ever.
+//! Connectors add, refresh and remove their own sockets; processors look users up. Where the
+//! engine is shared between processes, an entry not refreshed within the presence ttl expires,
+//! so the users of a crashed connector do not stay online for ever. A lock expires by itself
+//! after its ttl, so a crashed holder cannot block a user for ever.
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::ids::{SocketAddress, UserId};
+use crate::ids::{MessageId, SocketAddress, UserId};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PresenceError {
@@ -41,4 +43,14 @@ pub trait Presence: Send + Sync + 'static {
 
     /// Releases a lock taken with `lock`; a lock that expired meanwhile is left alone.
     async fn unlock(&self, user: &UserId, token: LockToken) -> Result<(), PresenceError>;
+
+    /// Keeps these sockets present for another ttl (a connector calls it periodically for all
+    /// its sockets).
+    async fn refresh(&self, sockets: &[(UserId, SocketAddress)]) -> Result<(), PresenceError>;
+
+    /// True if an envelope with this id was already delivered or stored (a redelivery).
+    async fn is_processed(&self, id: MessageId) -> Result<bool, PresenceError>;
+
+    /// Records that the envelope with this id was delivered or stored; kept for a bounded time.
+    async fn mark_processed(&self, id: MessageId) -> Result<(), PresenceError>;
 }

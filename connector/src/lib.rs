@@ -58,6 +58,9 @@ pub struct Config {
     pub allow_cross_app: bool,
     /// Per-socket read buffer (tungstenite's default of 128 KiB per socket is the memory trap).
     pub read_buffer_bytes: usize,
+    /// How often this connector's sockets are refreshed in presence (well under the presence
+    /// ttl of a shared presence engine).
+    pub presence_refresh_ms: u64,
 }
 
 impl Default for Config {
@@ -73,6 +76,7 @@ impl Default for Config {
             max_fetch_count: 2000,
             allow_cross_app: false,
             read_buffer_bytes: 4096,
+            presence_refresh_ms: 10_000,
         }
     }
 }
@@ -170,6 +174,7 @@ impl Connector {
             commands,
             shutdown.clone(),
         ));
+        tasks.spawn(registry::refresh_presence(shared.clone(), shutdown.clone()));
         info!(connector = %shared.name, addr = %self.listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "accepting clients");
         let mut backoff = Duration::from_millis(10);
         loop {
@@ -189,7 +194,7 @@ impl Connector {
                         backoff = (backoff * 2).min(Duration::from_secs(1));
                     }
                 },
-                Some(_) = tasks.join_next(), if tasks.len() > 1 => {}
+                Some(_) = tasks.join_next(), if tasks.len() > 2 => {}
             }
         }
         drop(self.listener);

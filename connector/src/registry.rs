@@ -17,7 +17,7 @@ use tracing::debug;
 use common::bus::{Command, Replier};
 use common::envelope::{ConnectorCommand, DeliveryReport, Target};
 use common::frame::Feature;
-use common::ids::{SocketId, UserId};
+use common::ids::{ConnectorName, SocketAddress, SocketId, UserId};
 
 use crate::Shared;
 
@@ -45,6 +45,22 @@ impl Registry {
     pub fn insert(&self, socket: SocketId, handle: SocketHandle) {
         self.sockets.insert(socket, handle);
         metrics::gauge!("linker_connector_authenticated_sockets").increment(1.0);
+    }
+
+    /// Every authenticated socket, for the presence refresh.
+    pub fn snapshot(&self, connector: &ConnectorName) -> Vec<(UserId, SocketAddress)> {
+        self.sockets
+            .iter()
+            .map(|e| {
+                (
+                    e.value().user.clone(),
+                    SocketAddress {
+                        connector: connector.clone(),
+                        socket: *e.key(),
+                    },
+                )
+            })
+            .collect()
     }
 
     pub fn remove(&self, socket: SocketId) {
@@ -203,6 +219,25 @@ fn deliver(
             };
             metrics::counter!("linker_connector_queue_full_total", "feature" => kind).increment(1);
             debug!(user = %target.user, socket = target.socket, "outbound queue full");
+        }
+    }
+}
+
+/// Keeps this connector's sockets present, every `presence_refresh_ms`, so presence that is
+/// shared between processes expires the sockets of a connector that died.
+pub(crate) async fn refresh_presence(shared: Arc<Shared>, shutdown: CancellationToken) {
+    let every = std::time::Duration::from_millis(shared.config.presence_refresh_ms.max(100));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let sockets = shared.registry.snapshot(&shared.name);
+        for chunk in sockets.chunks(1000) {
+            if let Err(e) = shared.presence.refresh(chunk).await {
+                tracing::warn!(error = %e, "presence refresh failed; retrying next round");
+                break;
+            }
         }
     }
 }

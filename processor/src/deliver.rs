@@ -178,15 +178,15 @@ impl Processor {
     pub(crate) async fn group(
         &self,
         meta: Meta,
-        to: Vec<UserId>,
+        to: &[UserId],
         content: &RawValue,
     ) -> Result<(), ProcessError> {
-        for user in &to {
+        for user in to {
             route::local(&self.network, user)?;
         }
         let frame = out_message(&meta.from, content, meta.reference.as_deref());
         let mut sockets = Vec::new();
-        for user in &to {
+        for user in to {
             for s in self.presence.lookup(user).await? {
                 sockets.push((user, s));
             }
@@ -206,7 +206,7 @@ impl Processor {
                 }
             }
         }
-        for user in &to {
+        for user in to {
             if took.contains(&user) {
                 continue;
             }

@@ -2,10 +2,13 @@
 //!
 //! The dispatcher hashes the sender id to a worker's bounded queue; a full queue makes the
 //! dispatcher wait, which holds the bus back. A worker acknowledges an envelope once it was
-//! delivered or stored; if neither was possible the sender is told with a GENERAL_ERROR.
+//! delivered or stored. A RELIABLE envelope that fails because an engine is down is retried
+//! with backoff, unacknowledged, until the engine is back; any other failure is told to the
+//! sender as a GENERAL_ERROR.
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -14,7 +17,7 @@ use tracing::{debug, info, warn};
 
 use common::bus::Inbound;
 use common::envelope::{Body, ConnectorCommand, Envelope, Target};
-use common::frame::out_general_error;
+use common::frame::{Feature, out_general_error};
 
 use crate::deliver::Meta;
 use crate::{ProcessError, Processor};
@@ -29,7 +32,7 @@ pub(crate) async fn run(
     for _ in 0..p.config.workers.max(1) {
         let (tx, rx) = mpsc::channel(p.config.worker_queue);
         workers.push(tx);
-        tasks.spawn(work(p.clone(), rx));
+        tasks.spawn(work(p.clone(), rx, shutdown.clone()));
     }
     info!(processor = %p.config.name, workers = workers.len(), "processing");
     loop {
@@ -51,29 +54,33 @@ pub(crate) async fn run(
     Ok(())
 }
 
-async fn work(p: Arc<Processor>, mut rx: mpsc::Receiver<Inbound>) {
+async fn work(p: Arc<Processor>, mut rx: mpsc::Receiver<Inbound>, shutdown: CancellationToken) {
     while let Some(Inbound { envelope, ack }) = rx.recv().await {
-        let from = envelope.from.clone();
-        let origin = envelope.origin.clone();
-        let reference = envelope.reference.clone();
-        let feature = envelope.feature;
-        match p.handle(envelope).await {
-            Ok(()) => {}
-            Err(e) => {
-                warn!(user = %from, reason = e.reason(), error = %e, "envelope not delivered nor stored; telling the sender");
-                metrics::counter!("linker_processor_failed_total", "reason" => e.reason())
-                    .increment(1);
-                let frame = out_general_error(e.reason(), &e.to_string(), reference.as_deref());
-                let command = ConnectorCommand::Deliver {
-                    targets: vec![Target {
-                        user: from,
-                        socket: origin.socket,
-                    }],
-                    frame,
-                    feature,
-                };
-                if let Err(e) = p.bus.send(&origin.connector, command).await {
-                    debug!(error = %e, "sender not told: connector gone");
+        let reliable = envelope.feature == Feature::Reliable;
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let result = if reliable {
+                p.handle_once(&envelope).await
+            } else {
+                p.handle(&envelope).await
+            };
+            match result {
+                Ok(()) => break,
+                Err(e) if reliable && e.is_transient() => {
+                    // Not acknowledged while it fails: an engine is down. Keep the sender's
+                    // order and retry until it is back.
+                    warn!(user = %envelope.from, id = %envelope.id, reason = e.reason(), error = %e, "retrying in {backoff:?}");
+                    metrics::counter!("linker_processor_retries_total", "reason" => e.reason())
+                        .increment(1);
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return, // unacknowledged: redelivered
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+                Err(e) => {
+                    tell_sender(&p, &envelope, &e).await;
+                    break;
                 }
             }
         }
@@ -81,42 +88,65 @@ async fn work(p: Arc<Processor>, mut rx: mpsc::Receiver<Inbound>) {
     }
 }
 
+/// Longest wait between two tries of an envelope while an engine is down.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+async fn tell_sender(p: &Processor, envelope: &Envelope, e: &ProcessError) {
+    warn!(user = %envelope.from, reason = e.reason(), error = %e, "envelope not delivered nor stored; telling the sender");
+    metrics::counter!("linker_processor_failed_total", "reason" => e.reason()).increment(1);
+    let frame = out_general_error(e.reason(), &e.to_string(), envelope.reference.as_deref());
+    let command = ConnectorCommand::Deliver {
+        targets: vec![Target {
+            user: envelope.from.clone(),
+            socket: envelope.origin.socket,
+        }],
+        frame,
+        feature: envelope.feature,
+    };
+    if let Err(e) = p.bus.send(&envelope.origin.connector, command).await {
+        debug!(error = %e, "sender not told: connector gone");
+    }
+}
+
 impl Processor {
-    /// Handles one envelope: delivered, stored, or an error the sender is told about.
-    pub async fn handle(&self, envelope: Envelope) -> Result<(), ProcessError> {
-        let Envelope {
-            id,
-            from,
-            origin,
-            feature,
-            reference,
-            confirm,
-            created_at,
-            body,
-            ..
-        } = envelope;
+    /// Handles a RELIABLE envelope once: a redelivered one that was already delivered or
+    /// stored is skipped, by its id.
+    pub async fn handle_once(&self, envelope: &Envelope) -> Result<(), ProcessError> {
+        if self.presence.is_processed(envelope.id).await? {
+            debug!(id = %envelope.id, "redelivered envelope already processed; skipped");
+            metrics::counter!("linker_processor_redelivered_skipped_total").increment(1);
+            return Ok(());
+        }
+        self.handle(envelope).await?;
+        self.presence.mark_processed(envelope.id).await?;
+        Ok(())
+    }
+
+    /// Handles one envelope: delivered or stored, else an error.
+    pub async fn handle(&self, envelope: &Envelope) -> Result<(), ProcessError> {
+        let origin = envelope.origin.clone();
         let meta = Meta {
-            id,
-            from,
-            feature,
-            reference,
-            confirm,
-            created_at,
+            id: envelope.id,
+            from: envelope.from.clone(),
+            feature: envelope.feature,
+            reference: envelope.reference.clone(),
+            confirm: envelope.confirm,
+            created_at: envelope.created_at,
         };
-        match body {
+        match &envelope.body {
             Body::Message { to, content } => {
                 metrics::counter!("linker_processor_messages_total", "kind" => "message")
                     .increment(1);
-                self.message(meta, to, &content).await
+                self.message(meta, to.clone(), content).await
             }
             Body::GroupMessage { to, content } => {
                 metrics::counter!("linker_processor_messages_total", "kind" => "group")
                     .increment(1);
-                self.group(meta, to, &content).await
+                self.group(meta, to, content).await
             }
-            Body::CloseConnection { user } => self.close(meta.from, user).await,
+            Body::CloseConnection { user } => self.close(meta.from, user.clone()).await,
             Body::FetchMissingMessages { count } => {
-                self.fetch(meta.from, origin, count, meta.reference).await
+                self.fetch(meta.from, origin, *count, meta.reference).await
             }
             Body::UserConnected => self.user_event(meta, true).await,
             Body::UserDisconnected => self.user_event(meta, false).await,

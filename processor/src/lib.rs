@@ -84,6 +84,15 @@ pub enum ProcessError {
 }
 
 impl ProcessError {
+    /// True if trying again later may succeed (an engine is down), false if it never will.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ProcessError::Store(_) | ProcessError::Presence(_) => true,
+            ProcessError::Bus(e) => !matches!(e, BusError::Codec(_)),
+            ProcessError::NoRoute(_) => false,
+        }
+    }
+
     /// The reason code of the GENERAL_ERROR a sender gets.
     pub fn reason(&self) -> &'static str {
         match self {

@@ -3,10 +3,12 @@
 //!
 //! Layout:
 //! - [`client`]: a WebSocket test client with bounded waits and a `sync` barrier.
+//! - [`contracts`]: what every Bus, Store and Presence backend must do, run per engine.
 //! - [`deployment`]: the `Deployment` trait and `Embedded` (one `linker domain` process).
 //! - [`scenarios`]: protocol scenarios, each a function over a `Deployment`.
 
 pub mod client;
+pub mod contracts;
 pub mod deployment;
 pub mod scenarios;
 

@@ -1,0 +1,237 @@
+//! Contracts every backend must keep, written once and run against each engine (the
+//! in-memory defaults and the real NATS, Kafka, Redis and MongoDB servers).
+//!
+//! Each takes a fresh backend (or a factory for a second handle on the same engine) and
+//! fails with a message naming the broken promise.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, ensure};
+use common::bus::{Bus, BusError};
+use common::envelope::{Body, ConnectorCommand, DeliveryReport, Envelope, StoredMessage, Target};
+use common::frame::Feature;
+use common::ids::{ConnectorName, MessageId, SocketAddress, UserId};
+use common::presence::Presence;
+use common::store::Store;
+use serde_json::value::RawValue;
+
+fn user(n: u64) -> UserId {
+    UserId::parse(&format!("ANZ-{n}")).expect("valid test id")
+}
+
+/// A user id no other test run shares (the engines outlive one test).
+pub fn fresh_user() -> UserId {
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64 % 1_000_000_000_000)
+        .unwrap_or(0);
+    user(n)
+}
+
+fn stored(to: &UserId, text: &str) -> StoredMessage {
+    StoredMessage {
+        id: MessageId::new(),
+        to: to.clone(),
+        created_at: common::now_millis(),
+        frame: text.to_owned(),
+        confirm: None,
+    }
+}
+
+/// Persist, fetch oldest first with totals, idempotent persist, remove, per-user copies.
+pub async fn store_contract(store: &dyn Store) -> anyhow::Result<()> {
+    let (a, b) = (fresh_user(), fresh_user());
+    let messages: Vec<_> = (0..5).map(|i| stored(&a, &format!("m{i}"))).collect();
+    for m in &messages {
+        store.persist(m).await?;
+    }
+    store.persist(&messages[0]).await?;
+    let mut shared = stored(&b, "shared");
+    shared.id = messages[1].id;
+    store.persist(&shared).await?;
+    let f = store.fetch(&a, 3).await?;
+    ensure!(f.total == 5, "total counts each id once: {}", f.total);
+    let frames: Vec<_> = f.messages.iter().map(|m| m.frame.as_str()).collect();
+    ensure!(frames == ["m0", "m1", "m2"], "oldest first: {frames:?}");
+    store.remove(&a, messages[0].id).await?;
+    store.remove(&a, messages[0].id).await?;
+    let f = store.fetch(&a, 10).await?;
+    ensure!(
+        f.total == 4 && f.messages.len() == 4,
+        "after remove: {}",
+        f.total
+    );
+    ensure!(f.messages[0].frame == "m1", "{:?}", f.messages[0]);
+    let f = store.fetch(&b, 10).await?;
+    ensure!(
+        f.total == 1 && f.messages[0].frame == "shared",
+        "one copy per user"
+    );
+    let f = store.fetch(&fresh_user(), 10).await?;
+    ensure!(
+        f.total == 0 && f.messages.is_empty(),
+        "nothing for a stranger"
+    );
+    Ok(())
+}
+
+fn addr(connector: &str, socket: u64) -> SocketAddress {
+    SocketAddress {
+        connector: ConnectorName::new(connector),
+        socket,
+    }
+}
+
+/// Sockets per user, locks that exclude and expire, processed marks (if the engine keeps
+/// them: `keeps_marks` is false for the in-memory presence, whose bus never redelivers).
+pub async fn presence_contract(p: &dyn Presence, keeps_marks: bool) -> anyhow::Result<()> {
+    let u = fresh_user();
+    p.add(&u, &addr("connector-01", 1)).await?;
+    p.add(&u, &addr("connector-02", 2)).await?;
+    p.add(&u, &addr("connector-02", 2)).await?;
+    let mut found = p.lookup(&u).await?;
+    found.sort_by_key(|a| a.socket);
+    ensure!(
+        found == vec![addr("connector-01", 1), addr("connector-02", 2)],
+        "{found:?}"
+    );
+    p.remove(&u, &addr("connector-01", 1)).await?;
+    ensure!(p.lookup(&u).await? == vec![addr("connector-02", 2)]);
+    p.remove(&u, &addr("connector-02", 2)).await?;
+    ensure!(p.lookup(&u).await?.is_empty());
+
+    let ttl = Duration::from_millis(1500);
+    let t1 = p.lock(&u, ttl, Duration::ZERO).await?;
+    ensure!(
+        p.lock(&u, ttl, Duration::from_millis(100)).await.is_err(),
+        "a held lock excludes a second holder"
+    );
+    p.unlock(&u, t1).await?;
+    let _t2 = p
+        .lock(&u, ttl, Duration::ZERO)
+        .await
+        .context("lock after unlock")?;
+    let t3 = p
+        .lock(&u, ttl, Duration::from_secs(5))
+        .await
+        .context("a lock expires after its ttl")?;
+    p.unlock(&u, t3).await?;
+
+    let id = MessageId::new();
+    ensure!(!p.is_processed(id).await?, "a new id is not processed");
+    p.mark_processed(id).await?;
+    ensure!(
+        p.is_processed(id).await? == keeps_marks,
+        "processed marks kept: {keeps_marks}"
+    );
+    Ok(())
+}
+
+fn envelope(from: &UserId, feature: Feature, n: u32) -> Envelope {
+    Envelope {
+        id: MessageId::new(),
+        from: from.clone(),
+        origin: addr("connector-01", 1),
+        feature,
+        reference: Some(format!("r{n}")),
+        confirm: true,
+        created_at: common::now_millis(),
+        hops: 0,
+        body: Body::Message {
+            to: from.clone(),
+            content: RawValue::from_string(format!("{n}")).expect("a number is JSON"),
+        },
+    }
+}
+
+/// Envelopes of both features reach the consumer, each sender's in order and acknowledged;
+/// commands reach the named connector, and a report comes back.
+pub async fn bus_contract(bus: Arc<dyn Bus>, connector: &str) -> anyhow::Result<()> {
+    let mut inbound = bus.consume("processor-contract").await?;
+    let name = ConnectorName::new(connector);
+    let mut commands = bus.listen(&name).await?;
+    let sender = fresh_user();
+    for feature in [Feature::Fast, Feature::Reliable] {
+        for n in 0..20 {
+            bus.publish(envelope(&sender, feature, n)).await?;
+        }
+    }
+    let mut seen = [Vec::new(), Vec::new()];
+    while seen[0].len() + seen[1].len() < 40 {
+        let got = tokio::time::timeout(Duration::from_secs(30), inbound.recv())
+            .await
+            .context("envelopes arrive")?
+            .context("inbound stream ended")?;
+        if got.envelope.from != sender {
+            got.ack.done();
+            continue;
+        }
+        let Body::Message { content, .. } = &got.envelope.body else {
+            anyhow::bail!("body changed on the bus");
+        };
+        let n: u32 = content.get().parse()?;
+        seen[(got.envelope.feature == Feature::Reliable) as usize].push(n);
+        got.ack.done();
+    }
+    let order: Vec<u32> = (0..20).collect();
+    ensure!(seen[0] == order, "FAST in order: {:?}", seen[0]);
+    ensure!(seen[1] == order, "RELIABLE in order: {:?}", seen[1]);
+
+    // A command with a report.
+    let replier = tokio::spawn(async move {
+        let c = commands.recv().await.context("a command arrives")?;
+        let ConnectorCommand::Deliver { targets, frame, .. } = &c.command else {
+            anyhow::bail!("wrong command");
+        };
+        ensure!(frame == "frame-1" && targets.len() == 2, "command intact");
+        c.reply
+            .context("a request carries a replier")?
+            .reply(DeliveryReport {
+                written: vec![true, false],
+            });
+        let c = commands.recv().await.context("a one-way command arrives")?;
+        ensure!(c.reply.is_none(), "a one-way command has no replier");
+        Ok(commands)
+    });
+    let target = |s| Target {
+        user: sender.clone(),
+        socket: s,
+    };
+    let report = bus
+        .request(
+            &name,
+            ConnectorCommand::Deliver {
+                targets: vec![target(1), target(2)],
+                frame: "frame-1".into(),
+                feature: Feature::Reliable,
+            },
+            Duration::from_secs(10),
+        )
+        .await?;
+    ensure!(report.written == vec![true, false], "{report:?}");
+    bus.send(
+        &name,
+        ConnectorCommand::Close {
+            targets: vec![target(1)],
+            reason: "x".into(),
+        },
+    )
+    .await?;
+    let _commands = replier.await??;
+
+    // Nobody listens under this name.
+    let nobody = ConnectorName::new(&format!("{connector}-nobody"));
+    let command = ConnectorCommand::Close {
+        targets: vec![],
+        reason: "x".into(),
+    };
+    match bus
+        .request(&nobody, command, Duration::from_millis(500))
+        .await
+    {
+        Err(BusError::NoSuchConnector(_)) | Err(BusError::TimedOut(_)) => {}
+        other => anyhow::bail!("a request to nobody must fail: {other:?}"),
+    }
+    Ok(())
+}
