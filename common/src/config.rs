@@ -57,6 +57,9 @@ pub struct ClientApp {
     pub auth_url: Option<String>,
     #[serde(default)]
     pub auth_enabled: bool,
+    /// How long a successful callback answer is reused for the same (user, token); 0 = never.
+    #[serde(default)]
+    pub auth_cache_seconds: u64,
     #[serde(default)]
     pub user_distributions: Vec<UserDistribution>,
 }
@@ -145,6 +148,7 @@ impl NetworkConfig {
                 master_user_id: Some("ANZ-123223".into()),
                 auth_url: None,
                 auth_enabled: false,
+                auth_cache_seconds: 0,
                 user_distributions: vec![],
             }],
             user_distributions: vec![],
@@ -224,11 +228,22 @@ impl NetworkConfig {
                     }
                 }
             }
-            if app.auth_enabled && app.auth_url.as_deref().is_none_or(|u| u.trim().is_empty()) {
-                return Err(invalid(
-                    field("authUrl"),
-                    "authEnabled is true but no authUrl",
-                ));
+            if app.auth_enabled {
+                match app.auth_url.as_deref().map(str::trim) {
+                    None | Some("") => {
+                        return Err(invalid(
+                            field("authUrl"),
+                            "authEnabled is true but no authUrl",
+                        ));
+                    }
+                    Some(url) if !(url.starts_with("http://") || url.starts_with("https://")) => {
+                        return Err(invalid(
+                            field("authUrl"),
+                            format!("`{url}` is not an http:// or https:// URL"),
+                        ));
+                    }
+                    Some(_) => {}
+                }
             }
             check_ranges(&field("userDistributions"), &app.user_distributions, &known)?;
         }

@@ -61,6 +61,10 @@ pub struct Config {
     /// How often this connector's sockets are refreshed in presence (well under the presence
     /// ttl of a shared presence engine).
     pub presence_refresh_ms: u64,
+    /// Longest wait for a client app's auth callback, connection included.
+    pub auth_callback_timeout_ms: u64,
+    /// Most auth callbacks in flight at once; more wait (within the timeout) for a turn.
+    pub auth_callback_max_in_flight: usize,
 }
 
 impl Default for Config {
@@ -77,6 +81,8 @@ impl Default for Config {
             allow_cross_app: false,
             read_buffer_bytes: 4096,
             presence_refresh_ms: 10_000,
+            auth_callback_timeout_ms: 5_000,
+            auth_callback_max_in_flight: 256,
         }
     }
 }
@@ -113,6 +119,7 @@ pub(crate) struct Shared {
     pub bus: Arc<dyn Bus>,
     pub presence: Arc<dyn Presence>,
     pub registry: Registry,
+    pub auth: auth::Authenticator,
     pub limits: ParseLimits,
     next_socket: AtomicU64,
 }
@@ -147,6 +154,10 @@ impl Connector {
         let shared = Arc::new(Shared {
             name: ConnectorName::new(&config.name),
             limits: config.parse_limits(),
+            auth: auth::Authenticator::new(
+                Duration::from_millis(config.auth_callback_timeout_ms),
+                config.auth_callback_max_in_flight,
+            ),
             config,
             network,
             bus,

@@ -244,9 +244,11 @@ impl Session {
             (
                 None,
                 ClientBody::AuthClient {
-                    app_id, user_id, ..
+                    app_id,
+                    user_id,
+                    token,
                 },
-            ) => self.authenticate(&app_id, &user_id).await,
+            ) => self.authenticate(&app_id, &user_id, token.as_deref()).await,
             (None, _) => {
                 self.reply(out_auth_required(frame.reference.as_deref()))
                     .await;
@@ -283,9 +285,18 @@ impl Session {
         None
     }
 
-    async fn authenticate(&mut self, app_id: &str, user_id: &str) -> Option<CloseFrame> {
+    async fn authenticate(
+        &mut self,
+        app_id: &str,
+        user_id: &str,
+        token: Option<&str>,
+    ) -> Option<CloseFrame> {
         let shared = self.shared.clone();
-        let result = match auth::check(&shared.network, app_id, user_id) {
+        let checked = shared
+            .auth
+            .authenticate(&shared.network, app_id, user_id, token)
+            .await;
+        let result = match checked {
             Ok(user) => match shared.presence.add(&user, &self.address).await {
                 Ok(()) => Ok(user),
                 Err(e) => Err(auth::AuthError::PresenceUnavailable(e.to_string())),

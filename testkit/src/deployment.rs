@@ -39,8 +39,10 @@ pub struct EmbeddedOptions {
     pub auth_deadline_ms: u64,
     pub max_frame_bytes: usize,
     pub max_bad_frames: u32,
-    /// Extra YAML appended under `linker.connector`.
+    /// Extra YAML appended under `linker.connector` (each line indented by four spaces).
     pub extra_connector_yaml: String,
+    /// The network part of the config; `TEST_NETWORK` if `None`.
+    pub network_yaml: Option<String>,
 }
 
 impl Default for EmbeddedOptions {
@@ -50,6 +52,7 @@ impl Default for EmbeddedOptions {
             max_frame_bytes: 64 * 1024,
             max_bad_frames: 10,
             extra_connector_yaml: String::new(),
+            network_yaml: None,
         }
     }
 }
@@ -86,8 +89,9 @@ impl Embedded {
 
     pub async fn start_with(bin: &Path, options: EmbeddedOptions) -> anyhow::Result<Embedded> {
         let dir = tempfile::tempdir()?;
+        let network = options.network_yaml.as_deref().unwrap_or(TEST_NETWORK);
         let config = format!(
-            "{TEST_NETWORK}\nlinker:\n  domain: domain-01\n  data_dir: {data}\n  page_listen: 127.0.0.1:0\n  meta_listen: 127.0.0.1:0\n  connector:\n    listen: 127.0.0.1:0\n    auth_deadline_ms: {deadline}\n    max_frame_bytes: {frame}\n    max_bad_frames: {bad}\n{extra}",
+            "{network}\nlinker:\n  domain: domain-01\n  data_dir: {data}\n  page_listen: 127.0.0.1:0\n  meta_listen: 127.0.0.1:0\n  connector:\n    listen: 127.0.0.1:0\n    auth_deadline_ms: {deadline}\n    max_frame_bytes: {frame}\n    max_bad_frames: {bad}\n{extra}",
             data = dir.path().join("data").display(),
             deadline = options.auth_deadline_ms,
             frame = options.max_frame_bytes,
