@@ -152,6 +152,8 @@ pub enum FrameError {
     Binary,
     #[error("frame of {size} bytes exceeds the limit of {limit} bytes")]
     TooLarge { size: usize, limit: usize },
+    #[error("more than {0} frames per second; this frame was not processed")]
+    RateLimited(u32),
 }
 
 impl FrameError {
@@ -167,6 +169,7 @@ impl FrameError {
             FrameError::InvalidUserId { .. } => "INVALID_USER_ID",
             FrameError::Binary => "BINARY_FRAME",
             FrameError::TooLarge { .. } => "FRAME_TOO_LARGE",
+            FrameError::RateLimited(_) => "RATE_LIMITED",
         }
     }
 

@@ -5,12 +5,14 @@
 //! no routing decision and names no engine: only the `Bus` and `Presence` traits.
 //!
 //! Layout:
-//! - [`auth`]: the checks behind `AUTH_CLIENT`.
+//! - [`auth`]: the checks behind `AUTH_CLIENT`, and the HTTP auth callback.
+//! - `limits`: the frame-rate token bucket and connection admission.
 //! - [`session`]: one socket's life, from handshake to close.
 //! - [`registry`]: the table of authenticated sockets, and the loop that carries out the
 //!   processors' commands on them.
 
 pub mod auth;
+mod limits;
 pub mod registry;
 pub mod session;
 
@@ -65,6 +67,23 @@ pub struct Config {
     pub auth_callback_timeout_ms: u64,
     /// Most auth callbacks in flight at once; more wait (within the timeout) for a turn.
     pub auth_callback_max_in_flight: usize,
+    /// Frames per second a socket may send (token bucket); 0 = unlimited. Frames over the
+    /// rate are answered with `INVALID_MESSAGE {reason: RATE_LIMITED}` and not processed.
+    pub max_frames_per_sec: u32,
+    /// Burst size of the token bucket.
+    pub frame_burst: u32,
+    /// Open connections accepted from one source address; 0 = no cap.
+    pub max_connections_per_ip: usize,
+    /// Open connections accepted in total; 0 = no cap.
+    pub max_connections: usize,
+    /// A ping is sent after this long without a frame from the client.
+    pub ping_interval_ms: u64,
+    /// A socket with no frame (or pong) from the client for this long is closed (code 4002):
+    /// this is how half-open sockets end.
+    pub idle_timeout_ms: u64,
+    /// A socket whose outbound queue stays full this long is closed (code 4003) as a reader
+    /// too slow to keep up.
+    pub slow_reader_timeout_ms: u64,
 }
 
 impl Default for Config {
@@ -83,6 +102,13 @@ impl Default for Config {
             presence_refresh_ms: 10_000,
             auth_callback_timeout_ms: 5_000,
             auth_callback_max_in_flight: 256,
+            max_frames_per_sec: 200,
+            frame_burst: 400,
+            max_connections_per_ip: 5_000,
+            max_connections: 19_000,
+            ping_interval_ms: 30_000,
+            idle_timeout_ms: 90_000,
+            slow_reader_timeout_ms: 10_000,
         }
     }
 }
@@ -120,6 +146,7 @@ pub(crate) struct Shared {
     pub presence: Arc<dyn Presence>,
     pub registry: Registry,
     pub auth: auth::Authenticator,
+    pub admission: Arc<limits::Admission>,
     pub limits: ParseLimits,
     next_socket: AtomicU64,
 }
@@ -163,6 +190,7 @@ impl Connector {
             bus,
             presence,
             registry: Registry::default(),
+            admission: Arc::default(),
             next_socket: AtomicU64::new(common::now_millis() * 1000),
         });
         Ok(Connector { listener, shared })

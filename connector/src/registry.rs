@@ -6,6 +6,7 @@
 //! frame is written, and a ticket dropped unwritten (socket gone, queue full) counts as not
 //! written. The report goes back when the last ticket is in.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use dashmap::DashMap;
@@ -31,9 +32,21 @@ pub(crate) struct Outbound {
 pub(crate) struct SocketHandle {
     pub user: UserId,
     pub tx: mpsc::Sender<Outbound>,
-    /// Cancelled to close the socket; the reason is sent in the close frame.
+    /// Cancelled to close the socket; the code and reason go in the close frame.
     pub close: CancellationToken,
-    pub close_reason: Arc<Mutex<Option<String>>>,
+    pub close_reason: Arc<Mutex<Option<(u16, String)>>>,
+    /// When the outbound queue was first found full (ms since the epoch; 0 = not full).
+    pub overflow_since: Arc<AtomicU64>,
+}
+
+impl SocketHandle {
+    fn close_with(&self, code: u16, reason: String) {
+        *self
+            .close_reason
+            .lock()
+            .expect("close reason lock is never poisoned") = Some((code, reason));
+        self.close.cancel();
+    }
 }
 
 #[derive(Default)]
@@ -157,10 +170,7 @@ pub(crate) async fn run_commands(
                     if let Some(h) = shared.registry.sockets.get(&t.socket)
                         && h.user == t.user
                     {
-                        *h.close_reason
-                            .lock()
-                            .expect("close reason lock is never poisoned") = Some(reason.clone());
-                        h.close.cancel();
+                        h.close_with(crate::session::CLOSED_BY_MASTER, reason.clone());
                     }
                 }
                 if let Some(r) = command.reply {
@@ -219,6 +229,7 @@ fn deliver(
             };
             metrics::counter!("linker_connector_queue_full_total", "feature" => kind).increment(1);
             debug!(user = %target.user, socket = target.socket, "outbound queue full");
+            slow_reader(shared, &handle);
         }
     }
 }
@@ -239,5 +250,23 @@ pub(crate) async fn refresh_presence(shared: Arc<Shared>, shutdown: Cancellation
                 break;
             }
         }
+    }
+}
+
+/// Notes a full outbound queue; closes the socket once it has stayed full too long.
+fn slow_reader(shared: &Shared, handle: &SocketHandle) {
+    let now = common::now_millis();
+    let since = handle.overflow_since.load(Ordering::Relaxed);
+    if since == 0 {
+        handle.overflow_since.store(now, Ordering::Relaxed);
+    } else if now.saturating_sub(since) > shared.config.slow_reader_timeout_ms {
+        metrics::counter!("linker_connector_slow_reader_closed_total").increment(1);
+        handle.close_with(
+            crate::session::CLOSED_SLOW_READER,
+            format!(
+                "slow reader: outbound queue full for more than {} ms",
+                shared.config.slow_reader_timeout_ms
+            ),
+        );
     }
 }

@@ -6,7 +6,9 @@
 //! are written in batches with one flush. `from` is always the authenticated user.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
@@ -32,6 +34,7 @@ use common::ids::{MessageId, SocketAddress, SocketId, UserId};
 
 use crate::Shared;
 use crate::auth;
+use crate::limits::TokenBucket;
 use crate::registry::{Outbound, SocketHandle, Ticket};
 
 /// Most queued frames written before one flush.
@@ -39,6 +42,10 @@ const MAX_BATCH: usize = 64;
 
 /// Close code sent when a master user closes the socket with CLOSE_CONNECTION.
 pub const CLOSED_BY_MASTER: u16 = 4000;
+/// Close code sent when the client sent nothing (not even a pong) for the idle timeout.
+pub const CLOSED_IDLE: u16 = 4002;
+/// Close code sent when the client reads too slowly to keep its outbound queue from filling.
+pub const CLOSED_SLOW_READER: u16 = 4003;
 
 type Sink = SplitSink<WebSocketStream<TcpStream>, Message>;
 
@@ -51,7 +58,9 @@ pub(crate) async fn run(
 ) {
     let span =
         info_span!("socket", connector = %shared.name, socket = id, %peer, user = field::Empty);
-    session(shared, stream, id, shutdown).instrument(span).await
+    session(shared, stream, peer, id, shutdown)
+        .instrument(span)
+        .await
 }
 
 fn close_frame(code: CloseCode, reason: impl Into<String>) -> CloseFrame {
@@ -64,11 +73,22 @@ fn close_frame(code: CloseCode, reason: impl Into<String>) -> CloseFrame {
 async fn session(
     shared: Arc<Shared>,
     stream: TcpStream,
+    peer: SocketAddr,
     id: SocketId,
     shutdown: CancellationToken,
 ) {
     let config = &shared.config;
     let deadline = Instant::now() + config.auth_deadline();
+    let admitted = shared.admission.admit(
+        peer.ip(),
+        config.max_connections_per_ip,
+        config.max_connections,
+    );
+    let refusal = admitted.as_ref().err().copied();
+    if let Some(reason) = refusal {
+        metrics::counter!("linker_connector_refused_total").increment(1);
+        info!(reason, "connection refused");
+    }
     let ws_config = WebSocketConfig::default()
         .read_buffer_size(config.read_buffer_bytes)
         .write_buffer_size(16 * 1024)
@@ -76,8 +96,12 @@ async fn session(
         .max_frame_size(Some(config.max_frame_bytes));
     // The callback's signature is tungstenite's; its error type is not ours to shrink.
     #[allow(clippy::result_large_err)]
-    let only_ws_path = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
-        if req.uri().path() == "/ws" {
+    let only_ws_path = move |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
+        if let Some(reason) = refusal {
+            let mut busy = ErrorResponse::new(Some(reason.to_owned()));
+            *busy.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+            Err(busy)
+        } else if req.uri().path() == "/ws" {
             Ok(resp)
         } else {
             let mut not_found =
@@ -114,17 +138,21 @@ async fn session(
         close: CancellationToken::new(),
         close_reason: Arc::new(Mutex::new(None)),
         tickets: Vec::with_capacity(MAX_BATCH),
+        bucket: TokenBucket::new(config.max_frames_per_sec, config.frame_burst),
+        overflow_since: Arc::new(AtomicU64::new(0)),
+        last_seen: Instant::now(),
     };
     let end = s.serve(&mut stream, &mut rx, deadline, &shutdown).await;
     if let Some(frame) = end {
         debug!(code = u16::from(frame.code), reason = %frame.reason, "closing");
         let _ = timeout(
-            std::time::Duration::from_secs(1),
+            Duration::from_secs(1),
             s.sink.send(Message::Close(Some(frame))),
         )
         .await;
     }
     s.finish().await;
+    drop(admitted);
 }
 
 struct Session {
@@ -136,8 +164,12 @@ struct Session {
     user: Option<UserId>,
     bad_frames: u32,
     close: CancellationToken,
-    close_reason: Arc<Mutex<Option<String>>>,
+    close_reason: Arc<Mutex<Option<(u16, String)>>>,
     tickets: Vec<Ticket>,
+    bucket: TokenBucket,
+    overflow_since: Arc<AtomicU64>,
+    /// When the client last sent anything (frames, pings, pongs).
+    last_seen: Instant,
 }
 
 impl Session {
@@ -149,6 +181,9 @@ impl Session {
         deadline: Instant,
         shutdown: &CancellationToken,
     ) -> Option<CloseFrame> {
+        let ping_every = Duration::from_millis(self.shared.config.ping_interval_ms.max(100));
+        let idle_after = Duration::from_millis(self.shared.config.idle_timeout_ms.max(100));
+        let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
         loop {
             tokio::select! {
                 biased;
@@ -156,25 +191,50 @@ impl Session {
                     return Some(close_frame(CloseCode::Away, "server shutting down; reconnect"));
                 }
                 _ = self.close.cancelled() => {
-                    let reason = self
+                    let (code, reason) = self
                         .close_reason
                         .lock()
                         .expect("close reason lock is never poisoned")
                         .take()
-                        .unwrap_or_else(|| "closed by the server".into());
-                    return Some(close_frame(CloseCode::from(CLOSED_BY_MASTER), reason));
+                        .unwrap_or((CLOSED_BY_MASTER, "closed by the server".into()));
+                    info!(code, %reason, "closing on request");
+                    return Some(close_frame(CloseCode::from(code), reason));
                 }
                 _ = sleep_until(deadline), if self.user.is_none() => {
                     info!("not authenticated before the deadline; closing");
                     return Some(close_frame(CloseCode::Policy, "authentication deadline passed"));
                 }
                 Some(out) = rx.recv() => {
-                    if let Err(e) = self.write_batch(out, rx).await {
+                    // A reader that stopped reading blocks the write; a close (slow reader,
+                    // master, shutdown) must still get through.
+                    let (close, stop) = (self.close.clone(), shutdown.clone());
+                    let written = tokio::select! {
+                        written = self.write_batch(out, rx) => written,
+                        _ = close.cancelled() => continue,
+                        _ = stop.cancelled() => continue,
+                    };
+                    if let Err(e) = written {
                         debug!(error = %e, "write failed");
                         return None;
                     }
                 }
-                incoming = stream.next() => match incoming {
+                _ = ping.tick() => {
+                    let quiet = self.last_seen.elapsed();
+                    if quiet >= idle_after {
+                        info!(?quiet, "idle timeout; closing");
+                        metrics::counter!("linker_connector_idle_closed_total").increment(1);
+                        let reason = format!("idle timeout: nothing received for {} ms", idle_after.as_millis());
+                        return Some(close_frame(CloseCode::from(CLOSED_IDLE), reason));
+                    }
+                    if quiet >= ping_every && self.sink.send(Message::Ping(Default::default())).await.is_err() {
+                        return None;
+                    }
+                }
+                incoming = stream.next() => {
+                    if matches!(incoming, Some(Ok(_))) {
+                        self.last_seen = Instant::now();
+                    }
+                    match incoming {
                     None | Some(Ok(Message::Close(_))) => return None,
                     Some(Ok(Message::Text(text))) => {
                         if let Some(end) = self.on_text(&text).await {
@@ -196,7 +256,8 @@ impl Session {
                         debug!(error = %e, "read failed");
                         return None;
                     }
-                },
+                    }
+                }
             }
         }
     }
@@ -222,6 +283,7 @@ impl Session {
         for ticket in self.tickets.drain(..) {
             ticket.complete(true);
         }
+        self.overflow_since.store(0, Ordering::Relaxed);
         Ok(())
     }
 
@@ -233,6 +295,10 @@ impl Session {
     }
 
     async fn on_text(&mut self, text: &str) -> Option<CloseFrame> {
+        if !self.bucket.take() {
+            let rate = self.shared.config.max_frames_per_sec;
+            return self.on_bad(&FrameError::RateLimited(rate), None).await;
+        }
         let frame = match parse_client_frame(text, &self.shared.limits) {
             Ok(frame) => frame,
             Err(Rejected { error, reference }) => {
@@ -280,7 +346,11 @@ impl Session {
         self.reply(out_invalid(error, reference)).await;
         if self.bad_frames > self.shared.config.max_bad_frames {
             info!(count = self.bad_frames, "too many invalid frames; closing");
-            return Some(close_frame(CloseCode::Policy, "too many invalid frames"));
+            let reason = match error {
+                FrameError::RateLimited(_) => "frame rate limit exceeded",
+                _ => "too many invalid frames",
+            };
+            return Some(close_frame(CloseCode::Policy, reason));
         }
         None
     }
@@ -323,6 +393,7 @@ impl Session {
                 tx: self.tx.clone(),
                 close: self.close.clone(),
                 close_reason: self.close_reason.clone(),
+                overflow_since: self.overflow_since.clone(),
             },
         );
         self.reply(out_auth_reply(app_id, user.as_str(), true, None))
