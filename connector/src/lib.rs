@@ -84,6 +84,18 @@ pub struct Config {
     /// A socket whose outbound queue stays full this long is closed (code 4003) as a reader
     /// too slow to keep up.
     pub slow_reader_timeout_ms: u64,
+    /// Serve `wss://` with this certificate and key; plain `ws://` if absent.
+    pub tls: Option<TlsConfig>,
+}
+
+/// PEM files for `wss://`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Certificate chain, leaf first.
+    pub cert_path: std::path::PathBuf,
+    /// The certificate's private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_path: std::path::PathBuf,
 }
 
 impl Default for Config {
@@ -109,6 +121,7 @@ impl Default for Config {
             ping_interval_ms: 30_000,
             idle_timeout_ms: 90_000,
             slow_reader_timeout_ms: 10_000,
+            tls: None,
         }
     }
 }
@@ -135,6 +148,8 @@ pub enum ConnectorError {
     },
     #[error("cannot receive commands from the bus: {0}")]
     Bus(#[from] common::bus::BusError),
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 /// What every session of this connector shares.
@@ -147,6 +162,7 @@ pub(crate) struct Shared {
     pub registry: Registry,
     pub auth: auth::Authenticator,
     pub admission: Arc<limits::Admission>,
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
     pub limits: ParseLimits,
     next_socket: AtomicU64,
 }
@@ -171,6 +187,7 @@ impl Connector {
         bus: Arc<dyn Bus>,
         presence: Arc<dyn Presence>,
     ) -> Result<Connector, ConnectorError> {
+        let tls = config.tls.as_ref().map(tls_acceptor).transpose()?;
         let listener =
             TcpListener::bind(config.listen)
                 .await
@@ -191,6 +208,7 @@ impl Connector {
             presence,
             registry: Registry::default(),
             admission: Arc::default(),
+            tls,
             next_socket: AtomicU64::new(common::now_millis() * 1000),
         });
         Ok(Connector { listener, shared })
@@ -248,4 +266,20 @@ impl Connector {
         info!(connector = %shared.name, "stopped");
         Ok(())
     }
+}
+
+/// Loads the certificate and key for `wss://`.
+fn tls_acceptor(tls: &TlsConfig) -> Result<tokio_rustls::TlsAcceptor, ConnectorError> {
+    use pki_types::pem::PemObject;
+    use pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(&tls.cert_path)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| ConnectorError::Tls(format!("{}: {e}", tls.cert_path.display())))?;
+    let key = PrivateKeyDer::from_pem_file(&tls.key_path)
+        .map_err(|e| ConnectorError::Tls(format!("{}: {e}", tls.key_path.display())))?;
+    let config = tokio_rustls::rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| ConnectorError::Tls(e.to_string()))?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until, timeout, timeout_at};
@@ -34,7 +35,7 @@ use common::ids::{MessageId, SocketAddress, SocketId, UserId};
 
 use crate::Shared;
 use crate::auth;
-use crate::limits::TokenBucket;
+use crate::limits::{Admitted, TokenBucket};
 use crate::registry::{Outbound, SocketHandle, Ticket};
 
 /// Most queued frames written before one flush.
@@ -47,8 +48,6 @@ pub const CLOSED_IDLE: u16 = 4002;
 /// Close code sent when the client reads too slowly to keep its outbound queue from filling.
 pub const CLOSED_SLOW_READER: u16 = 4003;
 
-type Sink = SplitSink<WebSocketStream<TcpStream>, Message>;
-
 pub(crate) async fn run(
     shared: Arc<Shared>,
     stream: TcpStream,
@@ -58,9 +57,29 @@ pub(crate) async fn run(
 ) {
     let span =
         info_span!("socket", connector = %shared.name, socket = id, %peer, user = field::Empty);
-    session(shared, stream, peer, id, shutdown)
-        .instrument(span)
-        .await
+    async move {
+        let config = &shared.config;
+        let deadline = Instant::now() + config.auth_deadline();
+        let admitted = shared.admission.admit(
+            peer.ip(),
+            config.max_connections_per_ip,
+            config.max_connections,
+        );
+        if let Err(reason) = &admitted {
+            metrics::counter!("linker_connector_refused_total").increment(1);
+            info!(reason, "connection refused");
+        }
+        match shared.tls.clone() {
+            None => session(shared, stream, admitted, deadline, id, shutdown).await,
+            Some(tls) => match timeout_at(deadline, tls.accept(stream)).await {
+                Ok(Ok(stream)) => session(shared, stream, admitted, deadline, id, shutdown).await,
+                Ok(Err(e)) => debug!(error = %e, "TLS handshake failed"),
+                Err(_) => debug!("no TLS handshake before the auth deadline"),
+            },
+        }
+    }
+    .instrument(span)
+    .await
 }
 
 fn close_frame(code: CloseCode, reason: impl Into<String>) -> CloseFrame {
@@ -70,25 +89,18 @@ fn close_frame(code: CloseCode, reason: impl Into<String>) -> CloseFrame {
     }
 }
 
-async fn session(
+async fn session<S>(
     shared: Arc<Shared>,
-    stream: TcpStream,
-    peer: SocketAddr,
+    stream: S,
+    admitted: Result<Admitted, &'static str>,
+    deadline: Instant,
     id: SocketId,
     shutdown: CancellationToken,
-) {
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
     let config = &shared.config;
-    let deadline = Instant::now() + config.auth_deadline();
-    let admitted = shared.admission.admit(
-        peer.ip(),
-        config.max_connections_per_ip,
-        config.max_connections,
-    );
     let refusal = admitted.as_ref().err().copied();
-    if let Some(reason) = refusal {
-        metrics::counter!("linker_connector_refused_total").increment(1);
-        info!(reason, "connection refused");
-    }
     let ws_config = WebSocketConfig::default()
         .read_buffer_size(config.read_buffer_bytes)
         .write_buffer_size(16 * 1024)
@@ -155,10 +167,10 @@ async fn session(
     drop(admitted);
 }
 
-struct Session {
+struct Session<S> {
     shared: Arc<Shared>,
     address: SocketAddress,
-    sink: Sink,
+    sink: SplitSink<WebSocketStream<S>, Message>,
     /// Kept so the queue stays open while the registry has no handle yet.
     tx: mpsc::Sender<Outbound>,
     user: Option<UserId>,
@@ -172,11 +184,11 @@ struct Session {
     last_seen: Instant,
 }
 
-impl Session {
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// Runs until the socket should close; returns the close frame to send, if any.
     async fn serve(
         &mut self,
-        stream: &mut SplitStream<WebSocketStream<TcpStream>>,
+        stream: &mut SplitStream<WebSocketStream<S>>,
         rx: &mut mpsc::Receiver<Outbound>,
         deadline: Instant,
         shutdown: &CancellationToken,

@@ -30,4 +30,5 @@ testkit::scenario_tests!(domain();
     oversized_frame_closes_with_1009,
     repeated_bad_frames_close_with_1008,
     websocket_is_served_at_ws_only,
+    a_master_acts_only_on_its_own_apps_users,
 );

@@ -594,3 +594,26 @@ pub async fn websocket_is_served_at_ws_only(d: &dyn Deployment) -> anyhow::Resul
     );
     Ok(())
 }
+
+pub async fn a_master_acts_only_on_its_own_apps_users(d: &dyn Deployment) -> anyhow::Result<()> {
+    // BNZ's master may not close an ANZ user, nor message one, nor reach one in a group.
+    let mut bnz_master = Client::login_app(&d.ws_url(0), "BNZ-453432", "bnz-344").await?;
+    let anz_id = unique_user();
+    let mut anz = Client::login(&d.ws_url(1), &anz_id).await?;
+    bnz_master
+        .send(&json!({"type":"CLOSE_CONNECTION","data":{"userId":anz_id}}))
+        .await?;
+    let f = bnz_master.expect("INVALID_MESSAGE").await?;
+    ensure!(f["data"]["reason"] == "NOT_MASTER", "{f}");
+    bnz_master.message(&anz_id, "hi", "RELIABLE", None).await?;
+    let f = bnz_master.expect("INVALID_MESSAGE").await?;
+    ensure!(f["data"]["reason"] == "CROSS_APP_FORBIDDEN", "{f}");
+    bnz_master
+        .send(&json!({"type":"GROUP_MESSAGE","data":{"to":["BNZ-1", anz_id],"content":"x"}}))
+        .await?;
+    let f = bnz_master.expect("INVALID_MESSAGE").await?;
+    ensure!(f["data"]["reason"] == "CROSS_APP_FORBIDDEN", "{f}");
+    let later = anz.sync().await?;
+    ensure!(later.is_empty(), "the ANZ user saw: {later:?}");
+    Ok(())
+}
