@@ -5,12 +5,8 @@
 //! itself (port 0), with its store in a temporary directory, and can SIGKILL and restart it.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::time::Duration;
 
-use anyhow::{Context, anyhow, bail};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use crate::process::LinkerProcess;
 
 /// Where a scenario finds the system under test.
 pub trait Deployment: Send + Sync {
@@ -75,11 +71,8 @@ clientApps:
 
 /// One `linker domain` process.
 pub struct Embedded {
-    bin: PathBuf,
     dir: tempfile::TempDir,
-    child: Option<Child>,
-    ws: String,
-    page: String,
+    process: LinkerProcess,
 }
 
 impl Embedded {
@@ -98,125 +91,55 @@ impl Embedded {
             bad = options.max_bad_frames,
             extra = options.extra_connector_yaml,
         );
-        std::fs::write(dir.path().join("linker.yaml"), config)?;
-        let mut d = Embedded {
-            bin: bin.to_owned(),
-            dir,
-            child: None,
-            ws: String::new(),
-            page: String::new(),
-        };
-        d.launch().await?;
-        Ok(d)
+        let config_path = dir.path().join("linker.yaml");
+        std::fs::write(&config_path, config)?;
+        let config_arg = config_path.display().to_string();
+        let process = LinkerProcess::start(
+            bin,
+            &["domain", "--config", &config_arg],
+            &dir.path().join("linker.log"),
+        )
+        .await?;
+        Ok(Embedded { dir, process })
     }
 
-    async fn launch(&mut self) -> anyhow::Result<()> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path())?;
-        let mut child = Command::new(&self.bin)
-            .arg("domain")
-            .arg("--config")
-            .arg(self.dir.path().join("linker.yaml"))
-            .env("LINKER_LOG", "info,connector=debug,processor=debug")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log))
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("start {}", self.bin.display()))?;
-        let stdout = child.stdout.take().context("child stdout")?;
-        let mut lines = BufReader::new(stdout).lines();
-        let ready = tokio::time::timeout(Duration::from_secs(30), async {
-            while let Some(line) = lines.next_line().await? {
-                if let Some(rest) = line.strip_prefix("LINKER_READY ") {
-                    return Ok::<_, anyhow::Error>(rest.to_owned());
-                }
-            }
-            bail!("linker exited before it was ready")
-        })
-        .await;
-        let ready = match ready {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => bail!("{e}\n{}", self.log_tail()),
-            Err(_) => bail!("linker not ready within 30 s\n{}", self.log_tail()),
-        };
-        // Keep reading stdout so the child never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        let field = |name: &str| {
-            ready
-                .split_whitespace()
-                .find_map(|kv| kv.strip_prefix(name))
-                .map(str::to_owned)
-                .ok_or_else(|| anyhow!("no {name} in LINKER_READY {ready}"))
-        };
-        self.ws = field("ws=")?;
-        self.page = field("page=")?;
-        self.child = Some(child);
-        Ok(())
-    }
-
-    /// The process's log (stderr), for failure messages.
+    /// The process's log (stderr).
     pub fn log_path(&self) -> PathBuf {
         self.dir.path().join("linker.log")
     }
 
     pub fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(self.log_path()).unwrap_or_default();
-        let lines: Vec<_> = text.lines().collect();
-        let start = lines.len().saturating_sub(40);
-        format!(
-            "--- last lines of {} ---\n{}",
-            self.log_path().display(),
-            lines[start..].join("\n")
-        )
+        self.process.log_tail()
     }
 
     /// The test page's address (`host:port`), which also serves /health and /metrics.
-    pub fn page_addr(&self) -> &str {
-        &self.page
+    pub fn page_addr(&self) -> String {
+        self.process.ready("page").unwrap_or_default()
     }
 
     /// Kills the process with SIGKILL: no shutdown code runs.
     pub async fn kill(&mut self) -> anyhow::Result<()> {
-        if let Some(mut child) = self.child.take() {
-            child.start_kill()?;
-            child.wait().await?;
-        }
-        Ok(())
+        self.process.kill().await
     }
 
     /// Sends SIGTERM and waits for the process to exit; returns its exit status code.
     pub async fn terminate(&mut self) -> anyhow::Result<Option<i32>> {
-        let Some(mut child) = self.child.take() else {
-            return Ok(None);
-        };
-        if let Some(pid) = child.id() {
-            nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            )?;
-        }
-        let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
-            .await
-            .context("no exit within 20 s of SIGTERM")??;
-        Ok(status.code())
+        self.process.terminate().await
     }
 
     /// Starts the process again on the same config and store (new ports).
     pub async fn restart(&mut self) -> anyhow::Result<()> {
-        self.kill().await?;
-        self.launch().await
+        self.process.restart().await
     }
 }
 
 impl Deployment for Embedded {
     fn ws_url(&self, _i: usize) -> String {
-        format!("ws://{}/ws", self.ws)
+        format!("ws://{}/ws", self.process.ready("ws").unwrap_or_default())
     }
 
     fn metrics_addrs(&self) -> Vec<String> {
-        vec![self.page.clone()]
+        vec![self.page_addr()]
     }
 
     fn diagnostics(&self) -> String {

@@ -5,11 +5,13 @@
 //! - [`client`]: a WebSocket test client with bounded waits and a `sync` barrier.
 //! - [`contracts`]: what every Bus, Store and Presence backend must do, run per engine.
 //! - [`deployment`]: the `Deployment` trait and `Embedded` (one `linker domain` process).
+//! - [`process`]: one `linker` child process, killable and restartable.
 //! - [`scenarios`]: protocol scenarios, each a function over a `Deployment`.
 
 pub mod client;
 pub mod contracts;
 pub mod deployment;
+pub mod process;
 pub mod scenarios;
 
 pub use client::Client;
