@@ -110,6 +110,9 @@ pub enum Feature {
     Reliable,
 }
 
+/// Longest `reference` accepted, in bytes.
+pub const MAX_REFERENCE_LEN: usize = 256;
+
 /// Limits applied while parsing.
 #[derive(Debug, Clone, Copy)]
 pub struct ParseLimits {
@@ -123,7 +126,7 @@ impl Default for ParseLimits {
     fn default() -> Self {
         ParseLimits {
             max_group_size: 1000,
-            max_reference_len: 256,
+            max_reference_len: MAX_REFERENCE_LEN,
         }
     }
 }
@@ -254,6 +257,20 @@ struct RawFrame<'a> {
 
 /// Parses one client text frame.
 pub fn parse_client_frame(text: &str, limits: &ParseLimits) -> Result<ClientFrame, Rejected> {
+    // serde would read a JSON array into the struct field by field: only objects are frames.
+    if !is_object(text) {
+        let error = match serde_json::from_str::<serde::de::IgnoredAny>(text) {
+            Ok(_) => FrameError::InvalidField {
+                field: "frame",
+                expected: "must be a JSON object",
+            },
+            Err(e) => FrameError::InvalidJson(e.to_string()),
+        };
+        return Err(Rejected {
+            error,
+            reference: None,
+        });
+    }
     let raw: RawFrame<'_> = serde_json::from_str(text).map_err(|e| Rejected {
         error: if e.is_data() {
             FrameError::InvalidField {
@@ -282,7 +299,7 @@ pub fn parse_client_frame(text: &str, limits: &ParseLimits) -> Result<ClientFram
     {
         return Err(reject(FrameError::InvalidField {
             field: "reference",
-            expected: "is longer than the limit",
+            expected: "is longer than 256 bytes",
         }));
     }
     let kind: Cow<'_, str> = required(raw.kind, "type", "must be a string").map_err(reject)?;
@@ -330,11 +347,22 @@ struct RawData<'a> {
     count: Option<&'a RawValue>,
 }
 
+/// True if the JSON text is an object (its first non-blank character is `{`).
+fn is_object(text: &str) -> bool {
+    text.trim_start().starts_with('{')
+}
+
 fn parse_body(
     message_type: MessageType,
     data: &RawValue,
     limits: &ParseLimits,
 ) -> Result<ClientBody, FrameError> {
+    if !is_object(data.get()) {
+        return Err(FrameError::InvalidField {
+            field: "data",
+            expected: "must be an object",
+        });
+    }
     let data: RawData<'_> =
         serde_json::from_str(data.get()).map_err(|_| FrameError::InvalidField {
             field: "data",
@@ -362,17 +390,17 @@ fn parse_body(
                     expected: "must name at least one user",
                 });
             }
-            if raw.len() > limits.max_group_size {
-                return Err(FrameError::InvalidField {
-                    field: "to",
-                    expected: "names more users than the group size limit",
-                });
-            }
-            let mut to = Vec::with_capacity(raw.len());
+            let mut to: Vec<UserId> = Vec::with_capacity(raw.len().min(limits.max_group_size));
             for id in &raw {
                 let id = user_id(id, "to")?;
                 if !to.contains(&id) {
                     to.push(id);
+                }
+                if to.len() > limits.max_group_size {
+                    return Err(FrameError::InvalidField {
+                        field: "to",
+                        expected: "names more users than the group size limit (connector.max_group_size)",
+                    });
                 }
             }
             Ok(ClientBody::GroupMessage {

@@ -254,7 +254,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                         }
                     }
                     Some(Ok(Message::Binary(_))) => {
-                        if let Some(end) = self.on_bad(&FrameError::Binary, None).await {
+                        let error = if self.bucket.take() {
+                            FrameError::Binary
+                        } else {
+                            FrameError::RateLimited(self.shared.config.max_frames_per_sec)
+                        };
+                        if let Some(end) = self.on_bad(&error, None).await {
                             return Some(end);
                         }
                     }
@@ -262,6 +267,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     Some(Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
                         let error = FrameError::TooLarge { size, limit: max_size };
                         info!(size, max_size, "frame over the size limit; closing");
+                        metrics::counter!("linker_connector_invalid_frames_total", "reason" => error.reason())
+                            .increment(1);
+                        self.reply(out_invalid(&error, None)).await;
                         return Some(close_frame(CloseCode::Size, error.to_string()));
                     }
                     Some(Err(e)) => {

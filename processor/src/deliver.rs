@@ -32,7 +32,7 @@ impl Meta {
     /// The confirmation to send once delivered, if the sender asked for one.
     fn confirmation(&self) -> Option<Confirm> {
         match (&self.reference, self.confirm) {
-            (Some(reference), true) => Some(Confirm {
+            (Some(reference), true) if !reference.is_empty() => Some(Confirm {
                 to: self.from.clone(),
                 reference: reference.clone(),
             }),
@@ -86,8 +86,8 @@ impl Processor {
         match feature {
             Feature::Reliable => {
                 debug!(user = %message.to, id = %message.id, "stored for fetch");
-                metrics::counter!("linker_stored_total").increment(1);
                 self.store.persist(&message).await?;
+                metrics::counter!("linker_stored_total").increment(1);
             }
             Feature::Fast => {
                 debug!(user = %message.to, "FAST message dropped: user offline");
@@ -212,7 +212,6 @@ impl Processor {
             }
             match meta.feature {
                 Feature::Reliable => {
-                    metrics::counter!("linker_stored_total").increment(1);
                     self.store
                         .persist(&StoredMessage {
                             id: meta.id,
@@ -222,6 +221,7 @@ impl Processor {
                             confirm: None,
                         })
                         .await?;
+                    metrics::counter!("linker_stored_total").increment(1);
                 }
                 Feature::Fast => count_fast_drop("offline"),
             }

@@ -6,11 +6,14 @@
 //! confirms to its sender now. The answer ends with FETCH_MISSING_MESSAGES_COMPLETE
 //! `{leftMissingCount}`: what is still stored.
 
+use std::time::Duration;
+
 use tracing::{debug, warn};
 
 use common::envelope::{ConnectorCommand, Target};
 use common::frame::{Feature, out_fetch_complete};
 use common::ids::{SocketAddress, UserId};
+use common::presence::PresenceError;
 
 use crate::{ProcessError, Processor};
 
@@ -23,7 +26,12 @@ impl Processor {
         reference: Option<String>,
     ) -> Result<(), ProcessError> {
         let ttl = self.config.fetch_lock_ttl();
-        let token = self.presence.lock(&user, ttl, ttl).await?;
+        let wait = Duration::from_millis(self.config.fetch_lock_wait_ms);
+        let token = match self.presence.lock(&user, ttl, wait).await {
+            Ok(token) => token,
+            Err(PresenceError::LockTimeout(..)) => return Err(ProcessError::FetchInProgress),
+            Err(e) => return Err(e.into()),
+        };
         let result = self.fetch_locked(&user, &origin, count, reference).await;
         if let Err(e) = self.presence.unlock(&user, token).await {
             warn!(user = %user, error = %e, "fetch lock not released; it expires by itself");

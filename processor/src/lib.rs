@@ -43,6 +43,9 @@ pub struct Config {
     pub delivery_timeout_ms: u64,
     /// How long a fetch may hold a user's lock.
     pub fetch_lock_ttl_ms: u64,
+    /// How long a fetch waits for another fetch of the same user to finish before it is
+    /// refused with `FETCH_IN_PROGRESS`.
+    pub fetch_lock_wait_ms: u64,
     /// Most messages one fetch returns.
     pub max_fetch_count: u32,
 }
@@ -55,6 +58,7 @@ impl Default for Config {
             worker_queue: 1024,
             delivery_timeout_ms: 5_000,
             fetch_lock_ttl_ms: 60_000,
+            fetch_lock_wait_ms: 5_000,
             max_fetch_count: 2000,
         }
     }
@@ -81,6 +85,8 @@ pub enum ProcessError {
     Bus(#[from] BusError),
     #[error("no route to domain `{0}`")]
     NoRoute(String),
+    #[error("another fetch for this user is still running")]
+    FetchInProgress,
 }
 
 impl ProcessError {
@@ -89,7 +95,7 @@ impl ProcessError {
         match self {
             ProcessError::Store(_) | ProcessError::Presence(_) => true,
             ProcessError::Bus(e) => !matches!(e, BusError::Codec(_)),
-            ProcessError::NoRoute(_) => false,
+            ProcessError::NoRoute(_) | ProcessError::FetchInProgress => false,
         }
     }
 
@@ -100,6 +106,7 @@ impl ProcessError {
             ProcessError::Presence(_) => "PRESENCE_UNAVAILABLE",
             ProcessError::Bus(_) => "BUS_UNAVAILABLE",
             ProcessError::NoRoute(_) => "NO_ROUTE",
+            ProcessError::FetchInProgress => "FETCH_IN_PROGRESS",
         }
     }
 }

@@ -553,9 +553,13 @@ pub async fn oversized_frame_closes_with_1009(d: &dyn Deployment) -> anyhow::Res
     let frame = json!({"type":"MESSAGE","data":{"to":c.user,"content":big}});
     c.send(&frame).await?;
     match c.ended().await? {
-        (Ended::Closed(Some(f)), _) => {
+        (Ended::Closed(Some(f)), seen) => {
             ensure!(u16::from(f.code) == 1009, "{f:?}");
             ensure!(f.reason.contains("limit"), "{f:?}");
+            ensure!(
+                seen.len() == 1 && seen[0]["data"]["reason"] == "FRAME_TOO_LARGE",
+                "told why before the close: {seen:?}"
+            );
         }
         other => bail!("expected close 1009, got {other:?}"),
     }
