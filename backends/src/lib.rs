@@ -4,6 +4,7 @@
 //! - [`memory_bus`]: the in-process bus of `linker domain` (FAST and RELIABLE in memory).
 //! - [`memory_presence`]: in-process presence and per-user locks.
 //! - [`embedded_store`]: the crash-safe embedded store (redb) under `./data`.
+//! - [`redis_presence`]: split-mode presence, locks and processed marks on Redis.
 //!
 //! Split-mode engines (NATS, Kafka, Redis, MongoDB) join as further modules; nothing outside
 //! this crate names an engine.
@@ -11,7 +12,9 @@
 pub mod embedded_store;
 pub mod memory_bus;
 pub mod memory_presence;
+pub mod redis_presence;
 
 pub use embedded_store::EmbeddedStore;
 pub use memory_bus::MemoryBus;
 pub use memory_presence::MemoryPresence;
+pub use redis_presence::RedisPresence;
