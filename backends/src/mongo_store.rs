@@ -1,0 +1,260 @@
+//! The store on MongoDB: collection `messages`, one document per (user, message id) keyed
+//! `_id: "<user>/<message id>"`, so a redelivered persist hits the duplicate key and is a no-op.
+//! A user's order is `seq` = the user's highest stored `seq` + 1, guarded by a unique `{to, seq}`
+//! index: a writer that loses the race takes the next. No findAndModify counter: FerretDB v1
+//! (the test engine) runs it as a read then a write, so two writers can draw the same number.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use mongodb::bson::{Document, doc};
+use mongodb::error::{Error as MongoError, ErrorKind, WriteFailure};
+use mongodb::options::{ClientOptions, IndexOptions};
+use mongodb::{Client, Collection, IndexModel};
+use serde::{Deserialize, Serialize};
+
+use common::envelope::{Confirm, StoredMessage};
+use common::ids::{MessageId, UserId};
+use common::store::{Fetched, Store, StoreError};
+
+/// How long one store call (all its round trips) may take before it fails with `Unavailable`.
+pub const OPERATION_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the driver looks for a reachable server before a command fails; the URL's
+/// `serverSelectionTimeoutMS` takes precedence.
+pub const SERVER_SELECTION_TIMEOUT: Duration = Duration::from_secs(2);
+/// Most times a persist retries after losing the race for a `seq` to another writer.
+const MAX_SEQ_ATTEMPTS: usize = 64;
+const DUPLICATE_KEY: i32 = 11000;
+
+/// A stored message as it lies in the collection; fields readable by an operator.
+#[derive(Debug, Serialize, Deserialize)]
+struct MessageDoc {
+    #[serde(rename = "_id")]
+    key: String,
+    to: String,
+    seq: i64,
+    id: String,
+    created_at: i64,
+    frame: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    confirm: Option<ConfirmDoc>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct ConfirmDoc {
+    to: String,
+    reference: String,
+}
+
+/// Just the `seq` of a document, for the "highest seq" query.
+#[derive(Debug, Deserialize)]
+struct SeqDoc {
+    seq: i64,
+}
+
+fn key(user: &UserId, id: MessageId) -> String {
+    format!("{user}/{id}")
+}
+
+impl MessageDoc {
+    fn new(m: &StoredMessage, seq: i64) -> MessageDoc {
+        MessageDoc {
+            key: key(&m.to, m.id),
+            to: m.to.to_string(),
+            seq,
+            id: m.id.to_string(),
+            created_at: m.created_at as i64,
+            frame: m.frame.clone(),
+            confirm: m.confirm.as_ref().map(|c| ConfirmDoc {
+                to: c.to.to_string(),
+                reference: c.reference.clone(),
+            }),
+        }
+    }
+
+    fn into_message(self) -> Result<StoredMessage, StoreError> {
+        let corrupt = |what: &str, e: &dyn std::fmt::Display| {
+            StoreError::Corrupt(format!("{}: bad {what}: {e}", self.key))
+        };
+        let id = uuid::Uuid::parse_str(&self.id).map_err(|e| corrupt("id", &e))?;
+        let to = UserId::parse(&self.to).map_err(|e| corrupt("to", &e))?;
+        let confirm = match &self.confirm {
+            Some(c) => Some(Confirm {
+                to: UserId::parse(&c.to).map_err(|e| corrupt("confirm.to", &e))?,
+                reference: c.reference.clone(),
+            }),
+            None => None,
+        };
+        Ok(StoredMessage {
+            id: MessageId(id),
+            to,
+            created_at: self.created_at.max(0) as u64,
+            frame: self.frame,
+            confirm,
+        })
+    }
+}
+
+pub struct MongoStore {
+    messages: Collection<MessageDoc>,
+    timeout: Duration,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(format!("mongodb: {e}"))
+}
+
+fn is_duplicate_key(e: &MongoError) -> bool {
+    match &*e.kind {
+        ErrorKind::Write(WriteFailure::WriteError(w)) => w.code == DUPLICATE_KEY,
+        ErrorKind::Command(c) => c.code == DUPLICATE_KEY,
+        _ => false,
+    }
+}
+
+impl MongoStore {
+    /// Connects to `url` (`mongodb://host:port`), uses `database`, and creates the index the
+    /// fetch order needs. Fails with `Unavailable` if no server answers within
+    /// `SERVER_SELECTION_TIMEOUT`.
+    pub async fn connect(url: &str, database: &str) -> Result<MongoStore, StoreError> {
+        let mut options = ClientOptions::parse(url).await.map_err(unavailable)?;
+        options
+            .server_selection_timeout
+            .get_or_insert(SERVER_SELECTION_TIMEOUT);
+        options
+            .connect_timeout
+            .get_or_insert(SERVER_SELECTION_TIMEOUT);
+        options.app_name.get_or_insert_with(|| "linker".to_owned());
+        let client = Client::with_options(options).map_err(unavailable)?;
+        let store = MongoStore {
+            messages: client.database(database).collection("messages"),
+            timeout: OPERATION_TIMEOUT,
+        };
+        let order = IndexModel::builder()
+            .keys(doc! { "to": 1, "seq": 1 })
+            .options(
+                IndexOptions::builder()
+                    .name("to_seq".to_owned())
+                    .unique(true)
+                    .build(),
+            )
+            .build();
+        store
+            .bounded(async {
+                store
+                    .messages
+                    .create_index(order)
+                    .await
+                    .map_err(unavailable)
+            })
+            .await?;
+        Ok(store)
+    }
+
+    /// Bounds each store call by another deadline than `OPERATION_TIMEOUT`.
+    pub fn with_operation_timeout(mut self, timeout: Duration) -> MongoStore {
+        self.timeout = timeout;
+        self
+    }
+
+    async fn bounded<T>(
+        &self,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        tokio::time::timeout(self.timeout, call)
+            .await
+            .unwrap_or_else(|_| Err(unavailable(format!("no answer within {:?}", self.timeout))))
+    }
+
+    /// The highest `seq` stored for `user`, 0 if none.
+    async fn last_seq(&self, user: &str) -> Result<i64, StoreError> {
+        let last = self
+            .messages
+            .clone_with_type::<SeqDoc>()
+            .find_one(doc! { "to": user })
+            .sort(doc! { "seq": -1 })
+            .projection(doc! { "seq": 1, "_id": 0 })
+            .await
+            .map_err(unavailable)?;
+        Ok(last.map_or(0, |d| d.seq))
+    }
+
+    async fn persist_once(&self, m: &StoredMessage) -> Result<(), StoreError> {
+        let user = m.to.as_str();
+        for _ in 0..MAX_SEQ_ATTEMPTS {
+            let seq = self.last_seq(user).await? + 1;
+            let doc = MessageDoc::new(m, seq);
+            match self.messages.insert_one(&doc).await {
+                Ok(_) => return Ok(()),
+                Err(e) if is_duplicate_key(&e) => {
+                    // Either this id is stored already (a redelivery: done), or another writer
+                    // took this seq first (take the next one).
+                    let stored = self
+                        .messages
+                        .clone_with_type::<Document>()
+                        .find_one(doc! { "_id": &doc.key })
+                        .projection(doc! { "_id": 1 })
+                        .await
+                        .map_err(unavailable)?;
+                    if stored.is_some() {
+                        return Ok(());
+                    }
+                    tracing::debug!(user, seq, "another writer took this seq; taking the next");
+                }
+                Err(e) => return Err(unavailable(e)),
+            }
+        }
+        Err(unavailable(format!(
+            "persist for {user} lost the race for a sequence number {MAX_SEQ_ATTEMPTS} times"
+        )))
+    }
+
+    async fn fetch_once(&self, user: &UserId, limit: usize) -> Result<Fetched, StoreError> {
+        let filter = doc! { "to": user.as_str() };
+        let total = self
+            .messages
+            .count_documents(filter.clone())
+            .await
+            .map_err(unavailable)?;
+        let mut messages = Vec::with_capacity(limit.min(total as usize));
+        // A limit of 0 means "no limit" to MongoDB.
+        if limit > 0 && total > 0 {
+            let mut cursor = self
+                .messages
+                .find(filter)
+                .sort(doc! { "seq": 1 })
+                .limit(limit.min(i64::MAX as usize) as i64)
+                .await
+                .map_err(unavailable)?;
+            while cursor.advance().await.map_err(unavailable)? {
+                let doc = cursor
+                    .deserialize_current()
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                messages.push(doc.into_message()?);
+            }
+        }
+        Ok(Fetched { messages, total })
+    }
+}
+
+#[async_trait]
+impl Store for MongoStore {
+    async fn persist(&self, message: &StoredMessage) -> Result<(), StoreError> {
+        self.bounded(self.persist_once(message)).await
+    }
+
+    async fn fetch(&self, user: &UserId, limit: usize) -> Result<Fetched, StoreError> {
+        self.bounded(self.fetch_once(user, limit)).await
+    }
+
+    async fn remove(&self, user: &UserId, id: MessageId) -> Result<(), StoreError> {
+        self.bounded(async {
+            self.messages
+                .delete_one(doc! { "_id": key(user, id) })
+                .await
+                .map(drop)
+                .map_err(unavailable)
+        })
+        .await
+    }
+}

@@ -1,0 +1,299 @@
+//! Presence on Redis, shared by every connector and processor of a domain. Keys under
+//! `linker:<namespace>:` — `presence:<user>` (sorted set of `<connector>/<socket>`, score =
+//! expiry in ms), `lock:<user>` (token, `SET NX PX`), `done:<message id>` (processed mark, 24 h).
+//! Expiry is reckoned by scripts on the Redis server's clock, never a host's, so skewed clocks
+//! cannot age sockets early. Every command is bounded by a timeout; the manager reconnects.
+
+use std::future::Future;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{RedisError, Script};
+
+use common::ids::{ConnectorName, MessageId, SocketAddress, UserId};
+use common::presence::{LockToken, Presence, PresenceError};
+
+/// How long one command may take before the call fails with `Unavailable`.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a processed mark is kept: longer than any redelivery window of the bus.
+pub const PROCESSED_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+/// Most sockets refreshed by one script call (one round trip).
+const REFRESH_BATCH: usize = 500;
+/// Longest pause between two attempts to take a held lock.
+const LOCK_POLL_MAX: Duration = Duration::from_millis(100);
+
+/// Adds or refreshes sockets: for each `KEYS[i]`, member `ARGV[i + 1]` expires `ARGV[1]` ms
+/// from the server's now. Expired members of the touched sets are pruned, and each set expires
+/// with its last member.
+const ADD_SCRIPT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local expiry = now + tonumber(ARGV[1])
+for i, key in ipairs(KEYS) do
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+  redis.call('ZADD', key, expiry, ARGV[i + 1])
+  local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
+  redis.call('PEXPIREAT', key, last[2])
+end
+return #KEYS
+";
+
+/// The members of `KEYS[1]` that have not expired by the server's now.
+const LOOKUP_SCRIPT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+return redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')
+";
+
+/// Deletes the lock `KEYS[1]` only if it still holds our token `ARGV[1]`.
+const UNLOCK_SCRIPT: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+";
+
+pub struct RedisPresence {
+    con: ConnectionManager,
+    prefix: String,
+    presence_ttl: Duration,
+    command_timeout: Duration,
+    add: Script,
+    lookup: Script,
+    unlock: Script,
+    tokens: RandomState,
+    next_token: AtomicU64,
+}
+
+fn unavailable(e: RedisError) -> PresenceError {
+    PresenceError::Unavailable(format!("redis: {e}"))
+}
+
+impl RedisPresence {
+    /// Connects to `url` (`redis://host:port/db`); keys go under `linker:<namespace>:` (the
+    /// domain name), and a socket not refreshed within `presence_ttl` disappears. Fails with
+    /// `Unavailable` if Redis does not answer a PING within `COMMAND_TIMEOUT`.
+    pub async fn connect(
+        url: &str,
+        namespace: &str,
+        presence_ttl: Duration,
+    ) -> Result<RedisPresence, PresenceError> {
+        let client = redis::Client::open(url).map_err(unavailable)?;
+        // Reconnect attempts every 50 ms rising to 500 ms, for about 30 s after a loss; past
+        // that the next command starts a new round.
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(COMMAND_TIMEOUT))
+            .set_response_timeout(Some(COMMAND_TIMEOUT))
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_millis(500))
+            .set_number_of_retries(60);
+        let con = ConnectionManager::new_lazy_with_config(client, config).map_err(unavailable)?;
+        let presence = RedisPresence {
+            con,
+            prefix: format!("linker:{namespace}:"),
+            presence_ttl,
+            command_timeout: COMMAND_TIMEOUT,
+            add: Script::new(ADD_SCRIPT),
+            lookup: Script::new(LOOKUP_SCRIPT),
+            unlock: Script::new(UNLOCK_SCRIPT),
+            tokens: RandomState::new(),
+            next_token: AtomicU64::new(0),
+        };
+        let mut con = presence.con.clone();
+        presence
+            .bounded(async move { redis::cmd("PING").query_async::<String>(&mut con).await })
+            .await?;
+        Ok(presence)
+    }
+
+    /// Bounds each command by another deadline than `COMMAND_TIMEOUT`.
+    pub fn with_command_timeout(mut self, timeout: Duration) -> RedisPresence {
+        self.command_timeout = timeout;
+        self
+    }
+
+    fn presence_key(&self, user: &UserId) -> String {
+        format!("{}presence:{user}", self.prefix)
+    }
+
+    fn lock_key(&self, user: &UserId) -> String {
+        format!("{}lock:{user}", self.prefix)
+    }
+
+    fn done_key(&self, id: MessageId) -> String {
+        format!("{}done:{id}", self.prefix)
+    }
+
+    /// Runs one engine call, turning its error or silence into `Unavailable`.
+    async fn bounded<T>(
+        &self,
+        call: impl Future<Output = Result<T, RedisError>>,
+    ) -> Result<T, PresenceError> {
+        match tokio::time::timeout(self.command_timeout, call).await {
+            Ok(result) => result.map_err(unavailable),
+            Err(_) => Err(PresenceError::Unavailable(format!(
+                "redis: no answer within {:?}",
+                self.command_timeout
+            ))),
+        }
+    }
+
+    /// A token no other holder (in this or another process) will draw.
+    fn new_token(&self) -> u64 {
+        let n = self.next_token.fetch_add(1, Ordering::Relaxed);
+        self.tokens
+            .hash_one((n, std::process::id(), common::now_millis()))
+    }
+
+    async fn add_all(&self, sockets: &[(UserId, SocketAddress)]) -> Result<(), PresenceError> {
+        let mut invocation = self.add.prepare_invoke();
+        invocation.arg(self.presence_ttl.as_millis() as u64);
+        for (user, socket) in sockets {
+            invocation.key(self.presence_key(user)).arg(member(socket));
+        }
+        let mut con = self.con.clone();
+        self.bounded(invocation.invoke_async::<u64>(&mut con))
+            .await
+            .map(drop)
+    }
+}
+
+fn member(socket: &SocketAddress) -> String {
+    format!("{}/{}", socket.connector, socket.socket)
+}
+
+fn parse_member(member: &str) -> Option<SocketAddress> {
+    let (connector, socket) = member.rsplit_once('/')?;
+    Some(SocketAddress {
+        connector: ConnectorName::new(connector),
+        socket: socket.parse().ok()?,
+    })
+}
+
+#[async_trait]
+impl Presence for RedisPresence {
+    async fn add(&self, user: &UserId, socket: &SocketAddress) -> Result<(), PresenceError> {
+        self.add_all(&[(user.clone(), socket.clone())]).await
+    }
+
+    async fn remove(&self, user: &UserId, socket: &SocketAddress) -> Result<(), PresenceError> {
+        let mut con = self.con.clone();
+        let cmd = redis::cmd("ZREM")
+            .arg(self.presence_key(user))
+            .arg(member(socket))
+            .clone();
+        self.bounded(cmd.query_async::<u64>(&mut con))
+            .await
+            .map(drop)
+    }
+
+    async fn lookup(&self, user: &UserId) -> Result<Vec<SocketAddress>, PresenceError> {
+        let mut con = self.con.clone();
+        let members: Vec<String> = self
+            .bounded(
+                self.lookup
+                    .key(self.presence_key(user))
+                    .invoke_async(&mut con),
+            )
+            .await?;
+        Ok(members
+            .iter()
+            .filter_map(|m| {
+                let parsed = parse_member(m);
+                if parsed.is_none() {
+                    tracing::warn!(user = %user, member = %m, "unreadable presence entry skipped");
+                }
+                parsed
+            })
+            .collect())
+    }
+
+    async fn lock(
+        &self,
+        user: &UserId,
+        ttl: Duration,
+        wait: Duration,
+    ) -> Result<LockToken, PresenceError> {
+        let deadline = Instant::now() + wait;
+        let key = self.lock_key(user);
+        let token = self.new_token();
+        let ttl_ms = ttl.as_millis().max(1) as u64;
+        let mut pause = Duration::from_millis(10);
+        loop {
+            let mut con = self.con.clone();
+            let cmd = redis::cmd("SET")
+                .arg(&key)
+                .arg(token.to_string())
+                .arg("NX")
+                .arg("PX")
+                .arg(ttl_ms)
+                .clone();
+            let taken: Option<String> = self.bounded(cmd.query_async(&mut con)).await?;
+            if taken.is_some() {
+                return Ok(LockToken(token));
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(PresenceError::LockTimeout(user.to_string(), wait));
+            }
+            tokio::time::sleep(pause.min(deadline - now)).await;
+            pause = (pause * 2).min(LOCK_POLL_MAX);
+        }
+    }
+
+    async fn unlock(&self, user: &UserId, token: LockToken) -> Result<(), PresenceError> {
+        let mut con = self.con.clone();
+        self.bounded(
+            self.unlock
+                .key(self.lock_key(user))
+                .arg(token.0.to_string())
+                .invoke_async::<u64>(&mut con),
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn refresh(&self, sockets: &[(UserId, SocketAddress)]) -> Result<(), PresenceError> {
+        for batch in sockets.chunks(REFRESH_BATCH) {
+            self.add_all(batch).await?;
+        }
+        Ok(())
+    }
+
+    async fn is_processed(&self, id: MessageId) -> Result<bool, PresenceError> {
+        let mut con = self.con.clone();
+        let cmd = redis::cmd("EXISTS").arg(self.done_key(id)).clone();
+        let found: u64 = self.bounded(cmd.query_async(&mut con)).await?;
+        Ok(found > 0)
+    }
+
+    async fn mark_processed(&self, id: MessageId) -> Result<(), PresenceError> {
+        let mut con = self.con.clone();
+        let cmd = redis::cmd("SET")
+            .arg(self.done_key(id))
+            .arg(1)
+            .arg("EX")
+            .arg(PROCESSED_TTL.as_secs())
+            .clone();
+        self.bounded(cmd.query_async::<()>(&mut con)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_member_reads_back_as_its_socket_even_with_a_slash_in_the_connector() {
+        let socket = SocketAddress {
+            connector: ConnectorName::new("pod/connector-01"),
+            socket: 42,
+        };
+        assert_eq!(parse_member(&member(&socket)), Some(socket));
+        assert_eq!(parse_member("connector-01"), None);
+        assert_eq!(parse_member("connector-01/x"), None);
+    }
+}
