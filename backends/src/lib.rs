@@ -4,14 +4,23 @@
 //! - [`memory_bus`]: the in-process bus of `linker domain` (FAST and RELIABLE in memory).
 //! - [`memory_presence`]: in-process presence and per-user locks.
 //! - [`embedded_store`]: the crash-safe embedded store (redb) under `./data`.
+//! - [`split_bus`]: the split-mode bus, [`SplitBus`], composed of
+//!   - `nats_bus`: FAST envelopes and connector commands on NATS,
+//!   - `kafka_bus`: RELIABLE envelopes on Kafka, committed as processors acknowledge,
+//!   - [`offset_tracker`]: which Kafka offsets may be committed.
 //!
-//! Split-mode engines (NATS, Kafka, Redis, MongoDB) join as further modules; nothing outside
-//! this crate names an engine.
+//! Further split-mode engines (Redis, MongoDB) join as modules; nothing outside this crate
+//! names an engine.
 
 pub mod embedded_store;
+mod kafka_bus;
 pub mod memory_bus;
 pub mod memory_presence;
+mod nats_bus;
+pub mod offset_tracker;
+pub mod split_bus;
 
 pub use embedded_store::EmbeddedStore;
 pub use memory_bus::MemoryBus;
 pub use memory_presence::MemoryPresence;
+pub use split_bus::{SplitBus, SplitBusConfig};
