@@ -34,6 +34,11 @@ use crate::split_bus::{SplitBusConfig, Tasks};
 /// again within about a second.
 const RECONNECT_BACKOFF_MAX_MS: &str = "1000";
 
+/// How often a consumer refreshes the topic's metadata (librdkafka's default is 5 minutes).
+/// A consumer that joined before it saw the topic's partitions is assigned none until the
+/// next refresh; this bounds that, and finds added partitions soon.
+const CONSUMER_METADATA_REFRESH_MS: &str = "10000";
+
 pub(crate) struct KafkaBus {
     producer: FutureProducer<KafkaLog>,
     config: SplitBusConfig,
@@ -121,6 +126,10 @@ impl KafkaBus {
             .set("session.timeout.ms", c.session_timeout_ms.to_string())
             .set("heartbeat.interval.ms", c.heartbeat_interval_ms.to_string())
             .set("max.poll.interval.ms", c.max_poll_interval_ms.to_string())
+            .set(
+                "topic.metadata.refresh.interval.ms",
+                CONSUMER_METADATA_REFRESH_MS,
+            )
             .create_with_context(context)
             .map_err(|e| unavailable("cannot create the consumer", e))?;
         consumer

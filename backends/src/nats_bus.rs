@@ -26,6 +26,10 @@ use crate::split_bus::{SplitBusConfig, Tasks};
 /// The queue group every processor joins: each FAST envelope goes to one of them.
 pub(crate) const PROCESSOR_QUEUE_GROUP: &str = "processor";
 
+/// Messages the NATS client buffers per subscription while this bus's queue is full; past
+/// it the client drops them and reports a slow consumer (logged).
+const SUBSCRIPTION_CAPACITY: usize = 65_536;
+
 /// Longest wait between two reconnection attempts.
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(1);
 
@@ -55,7 +59,7 @@ impl NatsBus {
                 Duration::from_millis(50 * 2u64.saturating_pow(attempts.min(10) as u32))
                     .min(MAX_RECONNECT_DELAY)
             })
-            .subscription_capacity(config.inbound_queue.max(config.command_queue).max(1024))
+            .subscription_capacity(SUBSCRIPTION_CAPACITY)
             .event_callback(move |event| {
                 let url = url.clone();
                 async move {
