@@ -33,6 +33,15 @@ struct PartitionState {
 }
 
 impl PartitionState {
+    fn new(epoch: Epoch) -> PartitionState {
+        PartitionState {
+            epoch,
+            pending: BTreeSet::new(),
+            next: None,
+            committed: None,
+        }
+    }
+
     /// The offset to commit: everything below it is done.
     fn committable(&self) -> Option<Offset> {
         self.pending.first().copied().or(self.next)
@@ -48,15 +57,8 @@ impl OffsetTracker {
     pub fn assign(&mut self, partition: Partition) -> Epoch {
         self.next_epoch += 1;
         let epoch = self.next_epoch;
-        self.partitions.insert(
-            partition,
-            PartitionState {
-                epoch,
-                pending: BTreeSet::new(),
-                next: None,
-                committed: None,
-            },
-        );
+        self.partitions
+            .insert(partition, PartitionState::new(epoch));
         epoch
     }
 
@@ -70,13 +72,11 @@ impl OffsetTracker {
     /// A record was received and is about to be handed to the processor. Returns the epoch
     /// its acknowledgement must carry.
     pub fn received(&mut self, partition: Partition, offset: Offset) -> Epoch {
-        if !self.partitions.contains_key(&partition) {
-            self.assign(partition);
-        }
-        let state = self
-            .partitions
-            .get_mut(&partition)
-            .expect("inserted just above if it was missing");
+        let epochs = &mut self.next_epoch;
+        let state = self.partitions.entry(partition).or_insert_with(|| {
+            *epochs += 1;
+            PartitionState::new(*epochs)
+        });
         state.pending.insert(offset);
         state.next = Some(state.next.map_or(offset + 1, |n| n.max(offset + 1)));
         state.epoch
