@@ -60,7 +60,6 @@ fn client_config(config: &SplitBusConfig) -> ClientConfig {
 impl KafkaBus {
     pub async fn connect(config: &SplitBusConfig) -> Result<KafkaBus, BusError> {
         let topic = config.inbound_name();
-        create_topic(config, &topic).await?;
         let timeout = config.produce_timeout_ms.to_string();
         let producer: FutureProducer<KafkaLog> = client_config(config)
             .set("client.id", format!("linker-{}-producer", config.domain))
@@ -71,6 +70,14 @@ impl KafkaBus {
             .set("request.timeout.ms", &timeout)
             .create_with_context(KafkaLog)
             .map_err(|e| unavailable("cannot create the producer", e))?;
+        create_topic(config, &topic).await?;
+        // Warm up: connect to the topic's leader now, so the idempotent producer id and the
+        // topic's metadata are in place before the first publish.
+        let warm = producer.clone();
+        let (t, timeout) = (topic.clone(), config.produce_timeout());
+        let _ =
+            tokio::task::spawn_blocking(move || warm.client().fetch_metadata(Some(&t), timeout))
+                .await;
         Ok(KafkaBus {
             producer,
             config: config.clone(),
