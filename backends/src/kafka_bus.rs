@@ -1,11 +1,8 @@
-//! The Kafka half of the split bus: RELIABLE envelopes, durable until a processor has
-//! delivered or stored them.
-//!
-//! Records are keyed by sender, so one sender's envelopes stay in one partition, in order. A
-//! consumer hands each record out with an [`Ack`]; offsets are committed per partition up to
-//! the first record not yet acknowledged ([`OffsetTracker`]), so a crash redelivers, never
-//! loses. The tracker is shared (under a short lock) with the rebalance callbacks, which
-//! librdkafka calls synchronously while the consumer polls.
+//! The Kafka half of the split bus: RELIABLE envelopes, keyed by sender (one partition, in
+//! order), durable until a processor has delivered or stored them. Each record goes out with
+//! an [`Ack`]; offsets are committed up to the first unacknowledged one ([`OffsetTracker`]),
+//! so a crash redelivers, never loses. The tracker is shared, under a short lock, with the
+//! rebalance callbacks that librdkafka calls synchronously while the consumer polls.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;

@@ -1,10 +1,8 @@
 //! The NATS half of the split bus: FAST envelopes to the processors' queue group, commands
-//! and delivery reports between processors and connectors.
-//!
-//! Nothing here is durable: a FAST envelope or a command published while no one listens is
-//! gone, and a request with no report in time counts as not written (the processor stores
-//! it). While the client is not connected, calls fail at once with `Unavailable` rather than
-//! queue in the client; it reconnects by itself and re-subscribes every subscription.
+//! and delivery reports between processors and connectors. Nothing here is durable: a
+//! request with no report in time counts as not written (the processor stores it). While
+//! disconnected, calls fail at once with `Unavailable` instead of queueing in the client,
+//! which reconnects by itself and re-subscribes.
 
 use std::time::Duration;
 

@@ -1,10 +1,8 @@
-//! Which Kafka offsets may be committed when acknowledgements arrive out of order.
-//!
-//! Per partition it keeps the offsets handed to the processor and not yet acknowledged; the
-//! offset to commit is the smallest of those (or one past the highest received when none is
-//! pending), so a commit never passes a record that was not processed. Each assignment of a
-//! partition gets a new epoch, and acknowledgements from an earlier assignment are ignored.
-//! Pure bookkeeping: the Kafka half of the bus owns the consumer and the commits.
+//! Which Kafka offsets may be committed when acknowledgements arrive out of order: per
+//! partition, the smallest offset handed out and not yet acknowledged (or one past the
+//! highest received), so a commit never passes an unprocessed record. Each assignment of a
+//! partition gets a new epoch; acknowledgements from an earlier one are ignored. Bookkeeping
+//! only: the Kafka half of the bus owns the consumer and the commits.
 
 use std::collections::{BTreeSet, HashMap};
 

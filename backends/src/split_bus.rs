@@ -1,11 +1,8 @@
 //! The split-mode bus: FAST envelopes and connector commands on NATS, RELIABLE envelopes on
-//! Kafka, behind one [`Bus`].
-//!
-//! A processor's [`Bus::consume`] merges both into one queue. Either engine may go away and
-//! come back: calls fail with [`BusError::Unavailable`] meanwhile, the clients reconnect by
-//! themselves, and consumption resumes on the same bus. Names on the engines:
-//! `linker.<domain>.inbound` (NATS subject, queue group `processor`, and Kafka topic),
-//! Kafka group `linker.<domain>.processor`, `linker.<domain>.connector.<name>` (commands).
+//! Kafka, behind one [`Bus`]; [`Bus::consume`] merges both into one queue. An engine that is
+//! down gives [`BusError::Unavailable`]; the clients reconnect and consumption resumes on the
+//! same bus. Names: `linker.<domain>.inbound` (NATS subject, queue group `processor`; Kafka
+//! topic), group `linker.<domain>.processor`, commands `linker.<domain>.connector.<name>`.
 
 use std::future::Future;
 use std::sync::Mutex;
