@@ -6,18 +6,26 @@
 //! - [`embedded_store`]: the crash-safe embedded store (redb) under `./data`.
 //! - [`redis_presence`]: split-mode presence, locks and processed marks on Redis.
 //! - [`mongo_store`]: split-mode store of undelivered messages on MongoDB.
+//! - [`split_bus`]: the split-mode bus, [`SplitBus`], composed of
+//!   - `nats_bus`: FAST envelopes and connector commands on NATS,
+//!   - `kafka_bus`: RELIABLE envelopes on Kafka, committed as processors acknowledge,
+//!   - [`offset_tracker`]: which Kafka offsets may be committed.
 //!
-//! Split-mode engines (NATS, Kafka, Redis, MongoDB) join as further modules; nothing outside
-//! this crate names an engine.
+//! Nothing outside this crate names an engine.
 
 pub mod embedded_store;
+mod kafka_bus;
 pub mod memory_bus;
 pub mod memory_presence;
 pub mod mongo_store;
+mod nats_bus;
+pub mod offset_tracker;
 pub mod redis_presence;
+pub mod split_bus;
 
 pub use embedded_store::EmbeddedStore;
 pub use memory_bus::MemoryBus;
 pub use memory_presence::MemoryPresence;
 pub use mongo_store::MongoStore;
 pub use redis_presence::RedisPresence;
+pub use split_bus::{SplitBus, SplitBusConfig};

@@ -35,8 +35,13 @@ pub struct Envelope {
 }
 
 /// What an envelope asks for.
+///
+/// Externally tagged (`{"MESSAGE": {...}}`, `"USER_CONNECTED"`), unlike the commands: serde
+/// buffers an internally tagged enum's fields before it knows the variant, and a buffered
+/// field cannot become a `RawValue`, so an internally tagged body would not come back off
+/// the bus.
 #[derive(Debug, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "SCREAMING_SNAKE_CASE")]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Body {
     Message {
         to: UserId,
@@ -114,4 +119,54 @@ pub struct StoredMessage {
 pub struct Confirm {
     pub to: UserId,
     pub reference: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::ConnectorName;
+
+    fn envelope(body: Body) -> Envelope {
+        Envelope {
+            id: MessageId::new(),
+            from: UserId::parse("ANZ-1").unwrap(),
+            origin: SocketAddress {
+                connector: ConnectorName::new("connector-01"),
+                socket: 7,
+            },
+            feature: Feature::Reliable,
+            reference: Some("r1".into()),
+            confirm: true,
+            created_at: 1,
+            hops: 2,
+            body,
+        }
+    }
+
+    #[test]
+    fn every_envelope_body_survives_json() {
+        let to = UserId::parse("ANZ-2").unwrap();
+        let content = || RawValue::from_string(r#"{"text":"hi","n":[1,2]}"#.into()).unwrap();
+        let bodies = [
+            Body::Message {
+                to: to.clone(),
+                content: content(),
+            },
+            Body::GroupMessage {
+                to: vec![to.clone()],
+                content: content(),
+            },
+            Body::CloseConnection { user: to.clone() },
+            Body::FetchMissingMessages { count: 5 },
+            Body::UserConnected,
+            Body::UserDisconnected,
+        ];
+        for body in bodies {
+            let e = envelope(body);
+            let json = serde_json::to_string(&e).unwrap();
+            let back: Envelope = serde_json::from_str(&json).unwrap();
+            assert_eq!(serde_json::to_string(&back).unwrap(), json);
+            assert_eq!((back.id, back.hops), (e.id, 2));
+        }
+    }
 }

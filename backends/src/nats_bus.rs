@@ -1,0 +1,253 @@
+//! The NATS half of the split bus: FAST envelopes to the processors' queue group, commands
+//! and delivery reports between processors and connectors. Nothing here is durable: a
+//! request with no report in time counts as not written (the processor stores it). While
+//! disconnected, calls fail at once with `Unavailable` instead of queueing in the client,
+//! which reconnects by itself and re-subscribes.
+
+use std::time::Duration;
+
+use async_nats::client::RequestErrorKind;
+use async_nats::connection::State;
+use async_nats::{Client, ConnectOptions, Event, Request, Subject};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use common::bus::{Ack, BusError, Command, Inbound, Replier};
+use common::envelope::{ConnectorCommand, DeliveryReport, Envelope};
+use common::ids::ConnectorName;
+
+use crate::split_bus::{SplitBusConfig, Tasks};
+
+/// The queue group every processor joins: each FAST envelope goes to one of them.
+pub(crate) const PROCESSOR_QUEUE_GROUP: &str = "processor";
+
+/// Messages the NATS client buffers per subscription while this bus's queue is full; past
+/// it the client drops them and reports a slow consumer (logged).
+const SUBSCRIPTION_CAPACITY: usize = 65_536;
+
+/// Longest wait between two reconnection attempts.
+const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(1);
+
+pub(crate) struct NatsBus {
+    client: Client,
+    config: SplitBusConfig,
+}
+
+fn unavailable(what: &str, e: impl std::fmt::Display) -> BusError {
+    BusError::Unavailable(format!("nats: {what}: {e}"))
+}
+
+fn encode(value: &impl Serialize) -> Result<Bytes, BusError> {
+    serde_json::to_vec(value)
+        .map(Bytes::from)
+        .map_err(|e| BusError::Codec(e.to_string()))
+}
+
+impl NatsBus {
+    pub async fn connect(config: &SplitBusConfig) -> Result<NatsBus, BusError> {
+        let url = config.nats_url.clone();
+        let client = ConnectOptions::new()
+            .name(format!("linker-{}", config.domain))
+            .connection_timeout(config.produce_timeout())
+            .max_reconnects(None)
+            .reconnect_delay_callback(|attempts| {
+                Duration::from_millis(50 * 2u64.saturating_pow(attempts.min(10) as u32))
+                    .min(MAX_RECONNECT_DELAY)
+            })
+            .subscription_capacity(SUBSCRIPTION_CAPACITY)
+            .event_callback(move |event| {
+                let url = url.clone();
+                async move {
+                    match event {
+                        Event::Connected => info!(%url, "nats connected"),
+                        Event::Disconnected => warn!(%url, "nats disconnected; reconnecting"),
+                        Event::SlowConsumer(sid) => {
+                            warn!(%url, sid, "nats subscription full: messages dropped")
+                        }
+                        other => debug!(%url, event = %other, "nats event"),
+                    }
+                }
+            })
+            .connect(config.nats_url.as_str())
+            .await
+            .map_err(|e| unavailable(&format!("cannot connect to {}", config.nats_url), e))?;
+        Ok(NatsBus {
+            client,
+            config: config.clone(),
+        })
+    }
+
+    /// Fails fast while disconnected: the client would otherwise buffer the message and
+    /// report success.
+    fn connected(&self) -> Result<(), BusError> {
+        match self.client.connection_state() {
+            State::Connected => Ok(()),
+            state => Err(BusError::Unavailable(format!(
+                "nats: not connected to {} ({state:?})",
+                self.config.nats_url
+            ))),
+        }
+    }
+
+    pub async fn publish(&self, envelope: &Envelope) -> Result<(), BusError> {
+        self.connected()?;
+        let payload = encode(envelope)?;
+        self.client
+            .publish(self.config.inbound_name(), payload)
+            .await
+            .map_err(|e| unavailable("publish", e))
+    }
+
+    /// Feeds FAST envelopes from the processors' queue group into `tx`, with no-op acks.
+    pub async fn consume(&self, tx: mpsc::Sender<Inbound>, tasks: &Tasks) -> Result<(), BusError> {
+        let mut subscriber = self
+            .client
+            .queue_subscribe(self.config.inbound_name(), PROCESSOR_QUEUE_GROUP.into())
+            .await
+            .map_err(|e| unavailable("subscribe", e))?;
+        let cancel = tasks.cancel.clone();
+        tasks.spawn(async move {
+            loop {
+                let message = tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = tx.closed() => break,
+                    m = subscriber.next() => match m {
+                        Some(m) => m,
+                        None => break,
+                    },
+                };
+                let envelope: Envelope = match serde_json::from_slice(&message.payload) {
+                    Ok(e) => e,
+                    Err(e) => {
+                        warn!(error = %e, subject = %message.subject, "undecodable FAST envelope dropped");
+                        continue;
+                    }
+                };
+                let inbound = Inbound {
+                    envelope,
+                    ack: Ack::none(),
+                };
+                if tx.send(inbound).await.is_err() {
+                    break;
+                }
+            }
+            let _ = subscriber.unsubscribe().await;
+        });
+        Ok(())
+    }
+
+    /// One-way: `Ok` once handed to NATS, whether or not the connector listens.
+    pub async fn send(
+        &self,
+        connector: &ConnectorName,
+        command: &ConnectorCommand,
+    ) -> Result<(), BusError> {
+        let subject = self.config.connector_subject(connector)?;
+        self.connected()?;
+        self.client
+            .publish(subject, encode(command)?)
+            .await
+            .map_err(|e| unavailable("send", e))
+    }
+
+    pub async fn request(
+        &self,
+        connector: &ConnectorName,
+        command: &ConnectorCommand,
+        timeout: Duration,
+    ) -> Result<DeliveryReport, BusError> {
+        let subject = self.config.connector_subject(connector)?;
+        self.connected()?;
+        let request = Request::new()
+            .payload(encode(command)?)
+            .timeout(Some(timeout));
+        let reply = self
+            .client
+            .send_request(subject, request)
+            .await
+            .map_err(|e| match e.kind() {
+                RequestErrorKind::NoResponders => BusError::NoSuchConnector(connector.to_string()),
+                RequestErrorKind::TimedOut => BusError::TimedOut(timeout),
+                _ => unavailable("request", e),
+            })?;
+        serde_json::from_slice(&reply.payload).map_err(|e| BusError::Codec(e.to_string()))
+    }
+
+    /// Commands for connector `name`; a request's replier publishes the report to the
+    /// request's reply subject.
+    pub async fn listen(
+        &self,
+        name: &ConnectorName,
+        tasks: &Tasks,
+    ) -> Result<mpsc::Receiver<Command>, BusError> {
+        let subject = self.config.connector_subject(name)?;
+        let mut subscriber = self
+            .client
+            .subscribe(subject)
+            .await
+            .map_err(|e| unavailable("subscribe", e))?;
+        let queue = self.config.command_queue.max(1);
+        let (tx, rx) = mpsc::channel(queue);
+        // Repliers are called from socket tasks and must not wait: they queue here, and this
+        // task publishes. A full queue drops the report; the requester times out and stores.
+        let (reply_tx, mut reply_rx) = mpsc::channel::<(Subject, Bytes)>(queue);
+        let client = self.client.clone();
+        let cancel = tasks.cancel.clone();
+        let connector = name.clone();
+        tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = tx.closed() => break,
+                    Some((subject, payload)) = reply_rx.recv() => {
+                        if let Err(e) = client.publish(subject, payload).await {
+                            debug!(%connector, error = %e, "delivery report not sent");
+                        }
+                    }
+                    m = subscriber.next() => {
+                        let Some(message) = m else { break };
+                        let command: ConnectorCommand = match serde_json::from_slice(&message.payload) {
+                            Ok(c) => c,
+                            Err(e) => {
+                                warn!(%connector, error = %e, "undecodable command dropped");
+                                continue;
+                            }
+                        };
+                        let reply = message.reply.map(|subject| {
+                            let reply_tx = reply_tx.clone();
+                            Replier::new(move |report: DeliveryReport| match encode(&report) {
+                                Ok(payload) => {
+                                    if reply_tx.try_send((subject, payload)).is_err() {
+                                        debug!("delivery report dropped: reply queue full");
+                                    }
+                                }
+                                Err(e) => warn!(error = %e, "delivery report not encodable"),
+                            })
+                        });
+                        if tx.send(Command { command, reply }).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+            // Reports still queued go out before the subscription ends.
+            while let Ok((subject, payload)) = reply_rx.try_recv() {
+                let _ = client.publish(subject, payload).await;
+            }
+            let _ = subscriber.unsubscribe().await;
+        });
+        Ok(rx)
+    }
+
+    /// Pushes out what the client still buffers (bounded by the connection state).
+    pub async fn flush(&self) {
+        if self.connected().is_ok()
+            && let Err(e) = self.client.flush().await
+        {
+            debug!(error = %e, "nats flush failed");
+        }
+    }
+}
