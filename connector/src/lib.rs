@@ -277,7 +277,12 @@ fn tls_acceptor(tls: &TlsConfig) -> Result<tokio_rustls::TlsAcceptor, ConnectorE
         .map_err(|e| ConnectorError::Tls(format!("{}: {e}", tls.cert_path.display())))?;
     let key = PrivateKeyDer::from_pem_file(&tls.key_path)
         .map_err(|e| ConnectorError::Tls(format!("{}: {e}", tls.key_path.display())))?;
-    let config = tokio_rustls::rustls::ServerConfig::builder()
+    // Name the provider: with two of them compiled in (engines bring their own), rustls
+    // will not pick one.
+    let provider = Arc::new(tokio_rustls::rustls::crypto::aws_lc_rs::default_provider());
+    let config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ConnectorError::Tls(e.to_string()))?
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .map_err(|e| ConnectorError::Tls(e.to_string()))?;

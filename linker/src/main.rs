@@ -2,12 +2,17 @@
 //!
 //! - `linker domain`: a whole domain in one process (meta-server, connector, processor) on
 //!   the embedded defaults: in-process bus and presence, the redb store under `./data`.
+//! - `linker connector` / `linker processor`: one role of a split deployment on NATS, Kafka,
+//!   Redis and MongoDB (see `split`).
 //! - `linker meta-server --config network.yaml`: the network config over HTTP.
+//!
+//! Every role takes `--config FILE` and `--check-config` (validate, then exit).
 //!
 //! Logs go to stderr (`LINKER_LOG` filter, `--log-format json` for JSON); stdout says where
 //! to connect and ends with one `LINKER_READY` line that scripts and tests wait for.
 
 mod settings;
+mod split;
 mod web;
 
 use std::net::SocketAddr;
@@ -16,7 +21,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
@@ -59,14 +64,24 @@ enum LogFormat {
     Json,
 }
 
+/// The config file and checking it, common to every role.
+#[derive(Args)]
+struct ConfigArgs {
+    /// Network config in the seed's YAML format, with an optional `linker:` section of
+    /// process settings. Without it: one domain, app ANZ (appId app-id-343).
+    #[arg(long, env = "LINKER_CONFIG")]
+    config: Option<PathBuf>,
+    /// Validate the config (file, `LINKER_*` environment, flags) and exit without starting.
+    #[arg(long)]
+    check_config: bool,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run a whole domain in one process with the embedded defaults.
     Domain {
-        /// Network config in the seed's YAML format, with an optional `linker:` section of
-        /// process settings. Without it: one domain, app ANZ (appId app-id-343).
-        #[arg(long, env = "LINKER_CONFIG")]
-        config: Option<PathBuf>,
+        #[command(flatten)]
+        config: ConfigArgs,
         /// This domain's name (default domain-01).
         #[arg(long)]
         domain: Option<String>,
@@ -83,12 +98,40 @@ enum Command {
         #[arg(long)]
         meta_listen: Option<SocketAddr>,
     },
+    /// Run a connector of a split deployment (NATS, Kafka, Redis).
+    Connector {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// This connector's name, unique in the domain (default connector-01).
+        #[arg(long)]
+        name: Option<String>,
+        /// WebSocket address for clients (default 127.0.0.1:8088).
+        #[arg(long)]
+        ws_listen: Option<SocketAddr>,
+        /// /health and /metrics (default 127.0.0.1:9100).
+        #[arg(long)]
+        metrics_listen: Option<SocketAddr>,
+    },
+    /// Run a processor of a split deployment (NATS, Kafka, Redis, MongoDB).
+    Processor {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// This processor's name (default processor-01).
+        #[arg(long)]
+        name: Option<String>,
+        /// /health and /metrics (default 127.0.0.1:9100).
+        #[arg(long)]
+        metrics_listen: Option<SocketAddr>,
+    },
     /// Serve a network config over HTTP.
     MetaServer {
         #[arg(long, env = "LINKER_CONFIG")]
         config: PathBuf,
         #[arg(long, default_value = "127.0.0.1:9000", env = "LINKER_META_LISTEN")]
         listen: SocketAddr,
+        /// Validate the config and exit without starting.
+        #[arg(long)]
+        check_config: bool,
     },
 }
 
@@ -102,20 +145,47 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(async {
-        match cli.command {
-            Command::Domain {
-                config,
-                domain,
-                data_dir,
-                ws_listen,
-                page_listen,
-                meta_listen,
-            } => {
-                let (network, mut s) = match settings::load(config.as_deref()) {
-                    Ok(loaded) => loaded,
-                    Err(e) => return Err(Failure::Config(e.0)),
-                };
+    let result = runtime.block_on(run(cli.command));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Config(e)) => {
+            eprintln!("linker: bad config: {e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+        Err(Failure::Run(e)) => {
+            eprintln!("linker: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Loads the config of a role; `Ok(None)` if it was only to be checked.
+fn load(
+    args: &ConfigArgs,
+    adjust: impl FnOnce(&mut settings::Settings),
+) -> Result<Option<(common::config::NetworkConfig, settings::Settings)>, Failure> {
+    let (network, mut s) =
+        settings::load(args.config.as_deref()).map_err(|e| Failure::Config(e.0))?;
+    adjust(&mut s);
+    let (network, s) = settings::finish(network, s).map_err(|e| Failure::Config(e.0))?;
+    if args.check_config {
+        println!("config OK: domain `{}`", s.domain);
+        return Ok(None);
+    }
+    Ok(Some((network, s)))
+}
+
+async fn run(command: Command) -> Result<(), Failure> {
+    match command {
+        Command::Domain {
+            config,
+            domain,
+            data_dir,
+            ws_listen,
+            page_listen,
+            meta_listen,
+        } => {
+            let loaded = load(&config, |s| {
                 if let Some(d) = domain {
                     s.domain = d;
                 }
@@ -131,24 +201,68 @@ fn main() -> ExitCode {
                 if let Some(a) = meta_listen {
                     s.meta_listen = a;
                 }
-                run_domain(network, s).await.map_err(Failure::Run)
-            }
-            Command::MetaServer { config, listen } => {
-                let network = common::config::NetworkConfig::load(&config)
-                    .map_err(|e| Failure::Config(e.to_string()))?;
-                run_meta(network, listen).await.map_err(Failure::Run)
+            })?;
+            match loaded {
+                Some((network, s)) => run_domain(network, s).await.map_err(Failure::Run),
+                None => Ok(()),
             }
         }
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(Failure::Config(e)) => {
-            eprintln!("linker: bad config: {e}");
-            ExitCode::from(EXIT_CONFIG)
+        Command::Connector {
+            config,
+            name,
+            ws_listen,
+            metrics_listen,
+        } => {
+            let loaded = load(&config, |s| {
+                if let Some(n) = name {
+                    s.connector.name = n;
+                }
+                if let Some(a) = ws_listen {
+                    s.connector.listen = a;
+                }
+                if let Some(a) = metrics_listen {
+                    s.metrics_listen = a;
+                }
+            })?;
+            match loaded {
+                Some((network, s)) => split::run_connector(network, s)
+                    .await
+                    .map_err(Failure::Run),
+                None => Ok(()),
+            }
         }
-        Err(Failure::Run(e)) => {
-            eprintln!("linker: {e:#}");
-            ExitCode::FAILURE
+        Command::Processor {
+            config,
+            name,
+            metrics_listen,
+        } => {
+            let loaded = load(&config, |s| {
+                if let Some(n) = name {
+                    s.processor.name = n;
+                }
+                if let Some(a) = metrics_listen {
+                    s.metrics_listen = a;
+                }
+            })?;
+            match loaded {
+                Some((network, s)) => split::run_processor(network, s)
+                    .await
+                    .map_err(Failure::Run),
+                None => Ok(()),
+            }
+        }
+        Command::MetaServer {
+            config,
+            listen,
+            check_config,
+        } => {
+            let network = common::config::NetworkConfig::load(&config)
+                .map_err(|e| Failure::Config(e.to_string()))?;
+            if check_config {
+                println!("config OK: {} domains", network.domains.len());
+                return Ok(());
+            }
+            run_meta(network, listen).await.map_err(Failure::Run)
         }
     }
 }
@@ -171,7 +285,7 @@ fn init_logs(format: LogFormat) {
 }
 
 /// Cancels `token` on SIGTERM or Ctrl-C.
-fn cancel_on_signal(token: CancellationToken) {
+pub(crate) fn cancel_on_signal(token: CancellationToken) {
     tokio::spawn(async move {
         let ctrl_c = tokio::signal::ctrl_c();
         #[cfg(unix)]
@@ -191,13 +305,18 @@ fn cancel_on_signal(token: CancellationToken) {
     });
 }
 
+/// Installs the Prometheus recorder; its handle renders `/metrics`.
+pub(crate) fn install_metrics() -> anyhow::Result<metrics_exporter_prometheus::PrometheusHandle> {
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .context("cannot install the metrics recorder")
+}
+
 async fn run_domain(
     config: common::config::NetworkConfig,
-    s: settings::DomainSettings,
+    s: settings::Settings,
 ) -> anyhow::Result<()> {
-    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .install_recorder()
-        .context("cannot install the metrics recorder")?;
+    let metrics = install_metrics()?;
     let network = Arc::new(Network::new(config.clone(), DomainName::new(&s.domain)));
     let bus: Arc<dyn Bus> = Arc::new(MemoryBus::default());
     let presence: Arc<dyn Presence> = Arc::new(MemoryPresence::new());

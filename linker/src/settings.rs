@@ -1,5 +1,5 @@
-//! Process settings of `linker domain`: defaults, then the `linker:` section of the config
-//! file, then `LINKER_<SECTION>__<KEY>` environment variables, then command-line flags.
+//! Process settings of every role: defaults, then the `linker:` section of the config file,
+//! then `LINKER_<SECTION>__<KEY>` environment variables, then command-line flags.
 //!
 //! The network part of the same file (domains, clientApps, ...) is read by `common::config`.
 //! A bad file or value stops the process at start with the key and the reason (exit 64).
@@ -14,8 +14,8 @@ use serde::{Deserialize, Serialize};
 use common::config::NetworkConfig;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
-pub struct DomainSettings {
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
     /// This domain's name in the network config.
     pub domain: String,
     /// Where the embedded store keeps its file.
@@ -24,17 +24,57 @@ pub struct DomainSettings {
     pub page_listen: SocketAddr,
     /// The meta-server.
     pub meta_listen: SocketAddr,
+    /// `/health`, `/ready` and `/metrics` of a `linker connector` or `linker processor`.
+    pub metrics_listen: SocketAddr,
+    /// The engines of split mode (`linker connector`, `linker processor`).
+    pub engines: Engines,
     pub connector: connector::Config,
     pub processor: processor::Config,
 }
 
-impl Default for DomainSettings {
+/// Where the engines of a split deployment are.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Engines {
+    /// FAST envelopes and connector commands.
+    pub nats_url: String,
+    /// RELIABLE envelopes (comma-separated bootstrap servers).
+    pub kafka_brokers: String,
+    /// Partitions of the inbound topic, created if missing.
+    pub kafka_partitions: i32,
+    /// Presence, fetch locks, processed marks.
+    pub redis_url: String,
+    /// Undelivered messages.
+    pub mongo_url: String,
+    /// Database name; `linker_<domain>` if absent.
+    pub mongo_database: Option<String>,
+    /// A socket not refreshed by its connector for this long is no longer present.
+    pub presence_ttl_ms: u64,
+}
+
+impl Default for Engines {
     fn default() -> Self {
-        DomainSettings {
+        Engines {
+            nats_url: "nats://127.0.0.1:4222".into(),
+            kafka_brokers: "127.0.0.1:9092".into(),
+            kafka_partitions: 8,
+            redis_url: "redis://127.0.0.1:6379".into(),
+            mongo_url: "mongodb://127.0.0.1:27017".into(),
+            mongo_database: None,
+            presence_ttl_ms: 30_000,
+        }
+    }
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
             domain: "domain-01".into(),
             data_dir: PathBuf::from("./data"),
             page_listen: SocketAddr::from(([127, 0, 0, 1], 4400)),
             meta_listen: SocketAddr::from(([127, 0, 0, 1], 9000)),
+            metrics_listen: SocketAddr::from(([127, 0, 0, 1], 9100)),
+            engines: Engines::default(),
             connector: connector::Config::default(),
             processor: processor::Config::default(),
         }
@@ -46,9 +86,22 @@ impl Default for DomainSettings {
 #[error("{0}")]
 pub struct SettingsError(pub String);
 
-/// Reads the network and the process settings from `file` (or the built-ins) and the
-/// environment.
-pub fn load(file: Option<&Path>) -> Result<(NetworkConfig, DomainSettings), SettingsError> {
+/// Top-level keys of the `linker:` section; `LINKER_*` variables outside them (`LINKER_LOG`,
+/// `LINKER_CONFIG`, test variables) are not settings.
+const SECTIONS: [&str; 8] = [
+    "domain",
+    "data_dir",
+    "page_listen",
+    "meta_listen",
+    "metrics_listen",
+    "engines",
+    "connector",
+    "processor",
+];
+
+/// Reads the network (if a file is given) and the process settings from `file` and the
+/// environment. Call [`finish`] once command-line flags are applied.
+pub fn load(file: Option<&Path>) -> Result<(Option<NetworkConfig>, Settings), SettingsError> {
     let (network, section) = match file {
         Some(path) => {
             let network = NetworkConfig::load(path).map_err(|e| SettingsError(e.to_string()))?;
@@ -61,21 +114,28 @@ pub fn load(file: Option<&Path>) -> Result<(NetworkConfig, DomainSettings), Sett
         }
         None => (None, None),
     };
-    let mut figment = Figment::from(Serialized::defaults(DomainSettings::default()));
+    let mut figment = Figment::from(Serialized::defaults(Settings::default()));
     if let Some(section) = section {
         figment = figment.merge(Serialized::defaults(section));
     }
-    let figment = figment.merge(Env::prefixed("LINKER_").split("__"));
-    let settings: DomainSettings = figment.extract().map_err(|e| {
+    let env = Env::prefixed("LINKER_").split("__").filter(|key| {
+        let top = key.as_str().split('.').next().unwrap_or_default();
+        SECTIONS.contains(&top)
+    });
+    let settings: Settings = figment.merge(env).extract().map_err(|e| {
         let source = file.map(|p| p.display().to_string()).unwrap_or_default();
-        SettingsError(format!(
-            "bad setting ({source} or LINKER_* environment): {e}"
-        ))
+        SettingsError(format!("bad setting ({source} or LINKER_* environment): {e}"))
     })?;
-    let network = match network {
-        Some(n) => n,
-        None => NetworkConfig::single_domain(&settings.domain),
-    };
+    Ok((network, settings))
+}
+
+/// Checks the final settings against the network and each other; builds the built-in
+/// network if no file gave one.
+pub fn finish(
+    network: Option<NetworkConfig>,
+    settings: Settings,
+) -> Result<(NetworkConfig, Settings), SettingsError> {
+    let network = network.unwrap_or_else(|| NetworkConfig::single_domain(&settings.domain));
     if !network.domains.iter().any(|d| d.name == settings.domain) {
         return Err(SettingsError(format!(
             "domain: `{}` is not one of the config's domains ({})",
@@ -88,5 +148,31 @@ pub fn load(file: Option<&Path>) -> Result<(NetworkConfig, DomainSettings), Sett
                 .join(", ")
         )));
     }
+    check_ranges(&settings)?;
     Ok((network, settings))
+}
+
+/// Values that would make a process unusable (or panic) are refused at start.
+fn check_ranges(s: &Settings) -> Result<(), SettingsError> {
+    let c = &s.connector;
+    let p = &s.processor;
+    let rules: [(&str, bool, &str); 9] = [
+        ("connector.max_frame_bytes", c.max_frame_bytes >= 1024, "must be at least 1024"),
+        ("connector.auth_deadline_ms", c.auth_deadline_ms > 0, "must be above 0"),
+        ("connector.outbound_queue", c.outbound_queue > 0, "must be above 0"),
+        ("connector.max_group_size", c.max_group_size > 0, "must be above 0"),
+        ("connector.max_fetch_count", c.max_fetch_count > 0, "must be above 0"),
+        (
+            "connector.frame_burst",
+            c.max_frames_per_sec == 0 || c.frame_burst > 0,
+            "must be above 0 when max_frames_per_sec is set",
+        ),
+        ("processor.workers", p.workers > 0, "must be above 0"),
+        ("processor.worker_queue", p.worker_queue > 0, "must be above 0"),
+        ("engines.presence_ttl_ms", s.engines.presence_ttl_ms > c.presence_refresh_ms, "must be above connector.presence_refresh_ms"),
+    ];
+    match rules.iter().find(|(_, ok, _)| !ok) {
+        Some((key, _, reason)) => Err(SettingsError(format!("{key}: {reason}"))),
+        None => Ok(()),
+    }
 }

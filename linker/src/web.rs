@@ -1,5 +1,5 @@
-//! The small HTTP server of a `linker domain` process: the browser test page, `/health` and
-//! `/metrics` (Prometheus text).
+//! The small HTTP server of each process: `/health`, `/metrics` (Prometheus text), and for
+//! `linker domain` the browser test page.
 
 use std::net::SocketAddr;
 
@@ -12,11 +12,16 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+/// `/health`, `/metrics` and the test page.
 pub fn router(metrics: PrometheusHandle) -> Router {
+    ops_router(metrics).fallback(page)
+}
+
+/// `/health` and `/metrics` only.
+pub fn ops_router(metrics: PrometheusHandle) -> Router {
     Router::new()
         .route("/health", get(|| async { "ok" }))
         .route("/metrics", get(render_metrics))
-        .fallback(page)
         .with_state(metrics)
 }
 

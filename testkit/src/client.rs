@@ -1,8 +1,8 @@
 //! A WebSocket client that speaks the linker protocol, for tests.
 //!
 //! Every wait is bounded (`WAIT`), so a missing frame fails the test instead of hanging it.
-//! `sync()` is a barrier: a FAST message to oneself travels the same path as everything sent
-//! before it, so frames that were going to arrive have arrived when it comes back.
+//! `sync()` is a barrier: a message to oneself on each path (FAST and RELIABLE) comes back
+//! after everything the client sent before it was handled.
 
 use std::time::Duration;
 
@@ -48,7 +48,9 @@ impl Client {
     pub async fn connect_tls(url: &str, root: &[u8]) -> anyhow::Result<Client> {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(root.to_vec().into())?;
-        let config = rustls::ClientConfig::builder()
+        let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
             .with_root_certificates(roots)
             .with_no_client_auth();
         let connector = tokio_tungstenite::Connector::Rustls(std::sync::Arc::new(config));
@@ -159,20 +161,32 @@ impl Client {
         }
     }
 
-    /// Sends a FAST message to oneself and returns every frame that arrived before it.
+    /// A barrier: sends a message to oneself on each path (FAST and RELIABLE, which are
+    /// separate buses in split mode) and returns every frame that arrived before both came
+    /// back. One sender's frames are handled in order on each path, so whatever was sent
+    /// before has been handled.
     pub async fn sync(&mut self) -> anyhow::Result<Vec<Value>> {
         self.syncs += 1;
-        let marker = format!("sync-{}-{}", self.user, self.syncs);
         let user = self.user.clone();
-        self.message(&user, &marker, "FAST", None).await?;
+        let mut markers = Vec::new();
+        for feature in ["FAST", "RELIABLE"] {
+            let marker = format!("sync-{}-{}-{feature}", self.user, self.syncs);
+            self.message(&user, &marker, feature, None).await?;
+            markers.push(json!(marker));
+        }
         let mut before = Vec::new();
-        loop {
+        while !markers.is_empty() {
             let frame = self.next().await?;
-            if frame["type"] == "MESSAGE" && frame["data"]["content"] == json!(marker) {
-                return Ok(before);
+            let content = &frame["data"]["content"];
+            if frame["type"] == "MESSAGE" && frame["data"]["from"] == json!(user) {
+                if let Some(i) = markers.iter().position(|m| m == content) {
+                    markers.remove(i);
+                    continue;
+                }
             }
             before.push(frame);
         }
+        Ok(before)
     }
 
     pub async fn close(mut self) {

@@ -7,15 +7,18 @@
 //! - [`deployment`]: the `Deployment` trait and `Embedded` (one `linker domain` process).
 //! - [`process`]: one `linker` child process, killable and restartable.
 //! - [`scenarios`]: protocol scenarios, each a function over a `Deployment`.
+//! - [`split`]: connectors and processors as separate processes on the real engines.
 
 pub mod client;
 pub mod contracts;
 pub mod deployment;
 pub mod process;
 pub mod scenarios;
+pub mod split;
 
 pub use client::Client;
 pub use deployment::{Deployment, Embedded, EmbeddedOptions};
+pub use split::{Split, SplitOptions};
 
 /// A user id of app ANZ that no other test uses (numbers below the master's are avoided).
 pub fn unique_user() -> String {

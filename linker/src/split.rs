@@ -1,0 +1,138 @@
+//! Split mode: `linker connector` and `linker processor` as separate processes on the real
+//! engines (NATS and Kafka for the bus, Redis for presence, MongoDB for the store).
+//!
+//! Each process connects to its engines at start, retrying with backoff while one is down
+//! (and saying so in the log), serves `/health`, `/ready` and `/metrics`, and prints one
+//! `LINKER_READY` line once it works.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use backends::{MongoStore, RedisPresence, SplitBus, SplitBusConfig};
+use common::bus::Bus;
+use common::config::NetworkConfig;
+use common::ids::DomainName;
+use common::network::Network;
+use common::presence::Presence;
+use common::store::Store;
+use connector::Connector;
+use processor::Processor;
+
+use crate::settings::Settings;
+use crate::web;
+
+/// Calls `connect` until it succeeds or `shutdown`, waiting longer after each failure.
+async fn with_retry<T, E, F, Fut>(
+    engine: &str,
+    shutdown: &CancellationToken,
+    mut connect: F,
+) -> anyhow::Result<T>
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match connect().await {
+            Ok(v) => return Ok(v),
+            Err(e) => {
+                warn!(engine, error = %e, "cannot connect; retrying in {backoff:?}");
+                tokio::select! {
+                    _ = shutdown.cancelled() => anyhow::bail!("stopped while connecting to {engine}"),
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+async fn bus(s: &Settings, shutdown: &CancellationToken) -> anyhow::Result<Arc<dyn Bus>> {
+    let config = SplitBusConfig {
+        domain: s.domain.clone(),
+        nats_url: s.engines.nats_url.clone(),
+        kafka_brokers: s.engines.kafka_brokers.clone(),
+        partitions: s.engines.kafka_partitions,
+        ..SplitBusConfig::default()
+    };
+    let bus = with_retry("nats+kafka", shutdown, || SplitBus::connect(&config)).await?;
+    Ok(Arc::new(bus))
+}
+
+async fn presence(s: &Settings, shutdown: &CancellationToken) -> anyhow::Result<Arc<dyn Presence>> {
+    let ttl = Duration::from_millis(s.engines.presence_ttl_ms);
+    let presence = with_retry("redis", shutdown, || {
+        RedisPresence::connect(&s.engines.redis_url, &s.domain, ttl)
+    })
+    .await?;
+    Ok(Arc::new(presence))
+}
+
+async fn store(s: &Settings, shutdown: &CancellationToken) -> anyhow::Result<Arc<dyn Store>> {
+    let database = s
+        .engines
+        .mongo_database
+        .clone()
+        .unwrap_or_else(|| format!("linker_{}", s.domain.replace(['-', '.'], "_")));
+    let store = with_retry("mongodb", shutdown, || {
+        MongoStore::connect(&s.engines.mongo_url, &database)
+    })
+    .await?;
+    Ok(Arc::new(store))
+}
+
+pub async fn run_connector(config: NetworkConfig, s: Settings) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    crate::cancel_on_signal(shutdown.clone());
+    let metrics = crate::install_metrics()?;
+    let network = Arc::new(Network::new(config, DomainName::new(&s.domain)));
+    let bus = bus(&s, &shutdown).await?;
+    let presence = presence(&s, &shutdown).await?;
+    let connector = Connector::bind(s.connector.clone(), network, bus, presence).await?;
+    let http = web::bind(s.metrics_listen).await?;
+    println!(
+        "linker connector `{}` of domain `{}` is up",
+        s.connector.name, s.domain
+    );
+    println!("  clients connect to  ws://{}/ws", connector.local_addr());
+    println!(
+        "LINKER_READY ws={} metrics={}",
+        connector.local_addr(),
+        http.local_addr()?
+    );
+    let t = shutdown.clone();
+    let serve = tokio::spawn(web::serve(http, web::ops_router(metrics), t));
+    let result = connector.run(shutdown.clone()).await.context("connector");
+    shutdown.cancel();
+    let _ = serve.await;
+    result
+}
+
+pub async fn run_processor(config: NetworkConfig, s: Settings) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    crate::cancel_on_signal(shutdown.clone());
+    let metrics = crate::install_metrics()?;
+    let network = Arc::new(Network::new(config, DomainName::new(&s.domain)));
+    let bus = bus(&s, &shutdown).await?;
+    let presence = presence(&s, &shutdown).await?;
+    let store = store(&s, &shutdown).await?;
+    let processor = Processor::new(s.processor.clone(), network, bus, store, presence);
+    let http = web::bind(s.metrics_listen).await?;
+    println!(
+        "linker processor `{}` of domain `{}` is up",
+        s.processor.name, s.domain
+    );
+    println!("LINKER_READY metrics={}", http.local_addr()?);
+    let t = shutdown.clone();
+    let serve = tokio::spawn(web::serve(http, web::ops_router(metrics), t));
+    let result = processor.run(shutdown.clone()).await.context("processor");
+    shutdown.cancel();
+    let _ = serve.await;
+    result
+}

@@ -1,0 +1,175 @@
+//! A split deployment: N `linker connector` and M `linker processor` processes of one domain
+//! on the real engines that `scripts/services.sh` runs (their URLs from `LINKER_TEST_*`).
+//!
+//! Each deployment gets a domain name of its own, so topics, subjects, keys and databases of
+//! different tests never meet. Any process can be SIGKILLed and restarted.
+
+use std::path::Path;
+
+use anyhow::{Context, bail};
+
+use crate::deployment::{Deployment, TEST_NETWORK};
+use crate::process::LinkerProcess;
+
+/// The engines' URLs, from the environment `scripts/services.sh env` prints.
+#[derive(Debug, Clone)]
+pub struct Engines {
+    pub nats: String,
+    pub kafka: String,
+    pub redis: String,
+    pub mongo: String,
+}
+
+impl Engines {
+    pub fn from_env() -> anyhow::Result<Engines> {
+        let var = |name: &str| {
+            std::env::var(name).with_context(|| {
+                format!(
+                    "{name} is not set: start the test engines with `scripts/services.sh start` \
+                     and `eval \"$(scripts/services.sh env)\"` (scripts/test.sh does both)"
+                )
+            })
+        };
+        Ok(Engines {
+            nats: var("LINKER_TEST_NATS_URL")?,
+            kafka: var("LINKER_TEST_KAFKA_BROKERS")?,
+            redis: var("LINKER_TEST_REDIS_URL")?,
+            mongo: var("LINKER_TEST_MONGO_URL")?,
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SplitOptions {
+    pub connectors: usize,
+    pub processors: usize,
+    pub auth_deadline_ms: u64,
+    /// A socket of a killed connector leaves presence after this long.
+    pub presence_ttl_ms: u64,
+    pub extra_connector_yaml: String,
+    pub extra_processor_yaml: String,
+}
+
+impl Default for SplitOptions {
+    fn default() -> Self {
+        SplitOptions {
+            connectors: 2,
+            processors: 2,
+            auth_deadline_ms: 3_000,
+            presence_ttl_ms: 3_000,
+            extra_connector_yaml: String::new(),
+            extra_processor_yaml: String::new(),
+        }
+    }
+}
+
+/// A domain name no other deployment uses, now or in an earlier run.
+fn fresh_domain() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let now = common::now_millis() % 100_000_000;
+    format!("t{}-{}-{}", now, std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+pub struct Split {
+    _dir: tempfile::TempDir,
+    pub domain: String,
+    pub connectors: Vec<LinkerProcess>,
+    pub processors: Vec<LinkerProcess>,
+}
+
+impl Split {
+    pub async fn start(bin: &Path) -> anyhow::Result<Split> {
+        Self::start_with(bin, SplitOptions::default()).await
+    }
+
+    pub async fn start_with(bin: &Path, o: SplitOptions) -> anyhow::Result<Split> {
+        let engines = Engines::from_env()?;
+        if o.connectors == 0 || o.processors == 0 {
+            bail!("a split deployment needs a connector and a processor");
+        }
+        let dir = tempfile::tempdir()?;
+        let domain = fresh_domain();
+        let network = TEST_NETWORK.replace("domain-01", &domain);
+        let config = format!(
+            "{network}
+linker:
+  domain: {domain}
+  metrics_listen: 127.0.0.1:0
+  engines:
+    nats_url: {nats}
+    kafka_brokers: {kafka}
+    kafka_partitions: 4
+    redis_url: {redis}
+    mongo_url: {mongo}
+    presence_ttl_ms: {ttl}
+  connector:
+    listen: 127.0.0.1:0
+    auth_deadline_ms: {deadline}
+    presence_refresh_ms: {refresh}
+{extra_c}  processor:
+    delivery_timeout_ms: 3000
+{extra_p}",
+            nats = engines.nats,
+            kafka = engines.kafka,
+            redis = engines.redis,
+            mongo = engines.mongo,
+            ttl = o.presence_ttl_ms,
+            refresh = (o.presence_ttl_ms / 3).max(100),
+            deadline = o.auth_deadline_ms,
+            extra_c = o.extra_connector_yaml,
+            extra_p = o.extra_processor_yaml,
+        );
+        let path = dir.path().join("linker.yaml");
+        std::fs::write(&path, config)?;
+        let path = path.display().to_string();
+        let mut processors = Vec::new();
+        for i in 1..=o.processors {
+            let name = format!("processor-{i:02}");
+            let log = dir.path().join(format!("{name}.log"));
+            let args = ["processor", "--config", &path, "--name", &name];
+            processors.push(LinkerProcess::start(bin, &args, &log).await?);
+        }
+        let mut connectors = Vec::new();
+        for i in 1..=o.connectors {
+            let name = format!("connector-{i:02}");
+            let log = dir.path().join(format!("{name}.log"));
+            let args = ["connector", "--config", &path, "--name", &name];
+            connectors.push(LinkerProcess::start(bin, &args, &log).await?);
+        }
+        Ok(Split {
+            _dir: dir,
+            domain,
+            connectors,
+            processors,
+        })
+    }
+}
+
+impl Deployment for Split {
+    fn ws_url(&self, i: usize) -> String {
+        let c = &self.connectors[i % self.connectors.len()];
+        format!("ws://{}/ws", c.ready("ws").unwrap_or_default())
+    }
+
+    fn connectors(&self) -> usize {
+        self.connectors.len()
+    }
+
+    fn metrics_addrs(&self) -> Vec<String> {
+        self.processors
+            .iter()
+            .filter(|p| p.is_running())
+            .filter_map(|p| p.ready("metrics").ok())
+            .collect()
+    }
+
+    fn diagnostics(&self) -> String {
+        self.processors
+            .iter()
+            .chain(&self.connectors)
+            .map(|p| p.log_tail())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
