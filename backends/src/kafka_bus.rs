@@ -4,7 +4,7 @@
 //! so a crash redelivers, never loses. The tracker is shared, under a short lock, with the
 //! rebalance callbacks that librdkafka calls synchronously while the consumer polls.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -37,7 +37,9 @@ const RECONNECT_BACKOFF_MAX_MS: &str = "1000";
 const CONSUMER_METADATA_REFRESH_MS: &str = "10000";
 
 pub(crate) struct KafkaBus {
-    producer: FutureProducer<KafkaLog>,
+    /// Replaced by a new one if it hits a fatal error (an idempotent producer that lost its
+    /// sequence refuses everything after that).
+    producer: RwLock<FutureProducer<KafkaLog>>,
     config: SplitBusConfig,
     topic: String,
 }
@@ -54,19 +56,23 @@ fn client_config(config: &SplitBusConfig) -> ClientConfig {
     c
 }
 
+fn new_producer(config: &SplitBusConfig) -> Result<FutureProducer<KafkaLog>, BusError> {
+    let timeout = config.produce_timeout_ms.to_string();
+    client_config(config)
+        .set("client.id", format!("linker-{}-producer", config.domain))
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", config.linger_ms.to_string())
+        .set("message.timeout.ms", &timeout)
+        .set("request.timeout.ms", &timeout)
+        .create_with_context(KafkaLog)
+        .map_err(|e| unavailable("cannot create the producer", e))
+}
+
 impl KafkaBus {
     pub async fn connect(config: &SplitBusConfig) -> Result<KafkaBus, BusError> {
         let topic = config.inbound_name();
-        let timeout = config.produce_timeout_ms.to_string();
-        let producer: FutureProducer<KafkaLog> = client_config(config)
-            .set("client.id", format!("linker-{}-producer", config.domain))
-            .set("acks", "all")
-            .set("enable.idempotence", "true")
-            .set("linger.ms", config.linger_ms.to_string())
-            .set("message.timeout.ms", &timeout)
-            .set("request.timeout.ms", &timeout)
-            .create_with_context(KafkaLog)
-            .map_err(|e| unavailable("cannot create the producer", e))?;
+        let producer = new_producer(config)?;
         create_topic(config, &topic).await?;
         // Warm up: connect to the topic's leader now, so the idempotent producer id and the
         // topic's metadata are in place before the first publish.
@@ -76,10 +82,17 @@ impl KafkaBus {
             tokio::task::spawn_blocking(move || warm.client().fetch_metadata(Some(&t), timeout))
                 .await;
         Ok(KafkaBus {
-            producer,
+            producer: RwLock::new(producer),
             config: config.clone(),
             topic,
         })
+    }
+
+    fn producer(&self) -> FutureProducer<KafkaLog> {
+        self.producer
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// `Ok` once the broker acknowledged the record (all in-sync replicas have it).
@@ -88,20 +101,30 @@ impl KafkaBus {
         let record = FutureRecord::to(&self.topic)
             .key(envelope.from.as_str())
             .payload(&payload);
-        match self
-            .producer
+        let producer = self.producer();
+        match producer
             .send(record, Timeout::After(self.config.produce_timeout()))
             .await
         {
             Ok(_) => Ok(()),
             Err((e, _)) => {
-                if let Some((code, reason)) = self.producer.client().fatal_error() {
-                    // Cannot happen with a broker that keeps its log; if it does, this
-                    // producer refuses everything until the process restarts.
-                    error!(?code, %reason, "kafka producer hit a fatal error");
+                if let Some((code, reason)) = producer.client().fatal_error() {
+                    error!(?code, %reason, "kafka producer hit a fatal error; replacing it");
+                    self.replace_producer(&producer);
                 }
                 Err(produce_error(e))
             }
+        }
+    }
+
+    /// Puts a new producer in place of `failed`, unless another publish already did.
+    fn replace_producer(&self, failed: &FutureProducer<KafkaLog>) {
+        let Ok(fresh) = new_producer(&self.config) else {
+            return;
+        };
+        let mut current = self.producer.write().unwrap_or_else(|e| e.into_inner());
+        if current.client().native_ptr() == failed.client().native_ptr() {
+            *current = fresh;
         }
     }
 
@@ -153,7 +176,7 @@ impl KafkaBus {
 
     /// Waits up to `timeout` for records still on their way to the broker.
     pub async fn flush(&self, timeout: Duration) {
-        let producer = self.producer.clone();
+        let producer = self.producer();
         let flushed = tokio::task::spawn_blocking(move || producer.flush(timeout)).await;
         if let Ok(Err(e)) = flushed {
             warn!(error = %e, "kafka producer not flushed");
