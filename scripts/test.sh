@@ -8,6 +8,10 @@ export PATH="$HOME/.cargo/bin:$PATH"
 echo "== setup: Chromium and playwright-core for the browser test"
 scripts/setup-browser.sh
 
+echo "== setup: NATS, Redis, Kafka and FerretDB on 127.0.0.1 for the split-mode tests"
+scripts/services.sh start
+eval "$(scripts/services.sh env)"
+
 echo "== format and lints"
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings

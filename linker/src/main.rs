@@ -225,9 +225,7 @@ async fn run(command: Command) -> Result<(), Failure> {
                 }
             })?;
             match loaded {
-                Some((network, s)) => split::run_connector(network, s)
-                    .await
-                    .map_err(Failure::Run),
+                Some((network, s)) => split::run_connector(network, s).await.map_err(Failure::Run),
                 None => Ok(()),
             }
         }
@@ -245,9 +243,7 @@ async fn run(command: Command) -> Result<(), Failure> {
                 }
             })?;
             match loaded {
-                Some((network, s)) => split::run_processor(network, s)
-                    .await
-                    .map_err(Failure::Run),
+                Some((network, s)) => split::run_processor(network, s).await.map_err(Failure::Run),
                 None => Ok(()),
             }
         }

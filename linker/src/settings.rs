@@ -124,7 +124,9 @@ pub fn load(file: Option<&Path>) -> Result<(Option<NetworkConfig>, Settings), Se
     });
     let settings: Settings = figment.merge(env).extract().map_err(|e| {
         let source = file.map(|p| p.display().to_string()).unwrap_or_default();
-        SettingsError(format!("bad setting ({source} or LINKER_* environment): {e}"))
+        SettingsError(format!(
+            "bad setting ({source} or LINKER_* environment): {e}"
+        ))
     })?;
     Ok((network, settings))
 }
@@ -157,19 +159,47 @@ fn check_ranges(s: &Settings) -> Result<(), SettingsError> {
     let c = &s.connector;
     let p = &s.processor;
     let rules: [(&str, bool, &str); 9] = [
-        ("connector.max_frame_bytes", c.max_frame_bytes >= 1024, "must be at least 1024"),
-        ("connector.auth_deadline_ms", c.auth_deadline_ms > 0, "must be above 0"),
-        ("connector.outbound_queue", c.outbound_queue > 0, "must be above 0"),
-        ("connector.max_group_size", c.max_group_size > 0, "must be above 0"),
-        ("connector.max_fetch_count", c.max_fetch_count > 0, "must be above 0"),
+        (
+            "connector.max_frame_bytes",
+            c.max_frame_bytes >= 1024,
+            "must be at least 1024",
+        ),
+        (
+            "connector.auth_deadline_ms",
+            c.auth_deadline_ms > 0,
+            "must be above 0",
+        ),
+        (
+            "connector.outbound_queue",
+            c.outbound_queue > 0,
+            "must be above 0",
+        ),
+        (
+            "connector.max_group_size",
+            c.max_group_size > 0,
+            "must be above 0",
+        ),
+        (
+            "connector.max_fetch_count",
+            c.max_fetch_count > 0,
+            "must be above 0",
+        ),
         (
             "connector.frame_burst",
             c.max_frames_per_sec == 0 || c.frame_burst > 0,
             "must be above 0 when max_frames_per_sec is set",
         ),
         ("processor.workers", p.workers > 0, "must be above 0"),
-        ("processor.worker_queue", p.worker_queue > 0, "must be above 0"),
-        ("engines.presence_ttl_ms", s.engines.presence_ttl_ms > c.presence_refresh_ms, "must be above connector.presence_refresh_ms"),
+        (
+            "processor.worker_queue",
+            p.worker_queue > 0,
+            "must be above 0",
+        ),
+        (
+            "engines.presence_ttl_ms",
+            s.engines.presence_ttl_ms > c.presence_refresh_ms,
+            "must be above connector.presence_refresh_ms",
+        ),
     ];
     match rules.iter().find(|(_, ok, _)| !ok) {
         Some((key, _, reason)) => Err(SettingsError(format!("{key}: {reason}"))),

@@ -178,11 +178,12 @@ impl Client {
         while !markers.is_empty() {
             let frame = self.next().await?;
             let content = &frame["data"]["content"];
-            if frame["type"] == "MESSAGE" && frame["data"]["from"] == json!(user) {
-                if let Some(i) = markers.iter().position(|m| m == content) {
-                    markers.remove(i);
-                    continue;
-                }
+            if frame["type"] == "MESSAGE"
+                && frame["data"]["from"] == json!(user)
+                && let Some(i) = markers.iter().position(|m| m == content)
+            {
+                markers.remove(i);
+                continue;
             }
             before.push(frame);
         }

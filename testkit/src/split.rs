@@ -68,7 +68,12 @@ fn fresh_domain() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let now = common::now_millis() % 100_000_000;
-    format!("t{}-{}-{}", now, std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "t{}-{}-{}",
+        now,
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 pub struct Split {
