@@ -75,11 +75,15 @@ pub struct Target {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ConnectorCommand {
-    /// Write `frame` to each target socket, in order after anything sent to it before.
+    /// Write `frame` to each target socket, in order after anything sent to it before. A
+    /// frame with an `id` is written to a socket at most once, however often it is delivered
+    /// (a processor that crashed after the write redelivers it).
     Deliver {
         targets: Vec<Target>,
         frame: String,
         feature: Feature,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<MessageId>,
     },
     /// Close each target socket with the given reason.
     Close {

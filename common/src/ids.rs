@@ -177,6 +177,16 @@ impl MessageId {
     }
 }
 
+impl MessageId {
+    /// The id of the confirmation of this message: fixed, so a confirmation sent again for a
+    /// redelivered message is recognised as the same one.
+    pub fn confirmation(self) -> MessageId {
+        MessageId(uuid::Uuid::from_u128(
+            self.0.as_u128() ^ 0x5A5A_5A5A_5A5A_5A5A,
+        ))
+    }
+}
+
 impl Default for MessageId {
     fn default() -> Self {
         Self::new()

@@ -6,6 +6,7 @@
 //! frame is written, and a ticket dropped unwritten (socket gone, queue full) counts as not
 //! written. The report goes back when the last ticket is in.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -18,7 +19,7 @@ use tracing::debug;
 use common::bus::{Command, Replier};
 use common::envelope::{ConnectorCommand, DeliveryReport, Target};
 use common::frame::Feature;
-use common::ids::{ConnectorName, SocketAddress, SocketId, UserId};
+use common::ids::{ConnectorName, MessageId, SocketAddress, SocketId, UserId};
 
 use crate::Shared;
 
@@ -37,6 +38,30 @@ pub(crate) struct SocketHandle {
     pub close_reason: Arc<Mutex<Option<(u16, String)>>>,
     /// When the outbound queue was first found full (ms since the epoch; 0 = not full).
     pub overflow_since: Arc<AtomicU64>,
+    /// Ids of the last frames queued for this socket, so a redelivered one is not written
+    /// twice; allocated on the first frame with an id.
+    pub recent: Mutex<VecDeque<u128>>,
+}
+
+/// How many recent frame ids each socket remembers.
+const RECENT_IDS: usize = 128;
+
+impl SocketHandle {
+    /// Records `id` as queued; false if it was queued before (a redelivery).
+    fn first_time(&self, id: u128) -> bool {
+        let mut recent = self
+            .recent
+            .lock()
+            .expect("recent ids lock is never poisoned");
+        if recent.contains(&id) {
+            return false;
+        }
+        if recent.len() == RECENT_IDS {
+            recent.pop_front();
+        }
+        recent.push_back(id);
+        true
+    }
 }
 
 impl SocketHandle {
@@ -158,11 +183,13 @@ pub(crate) async fn run_commands(
                 targets,
                 frame,
                 feature,
+                id,
             } => deliver(
                 &shared,
                 targets,
                 Utf8Bytes::from(frame),
                 feature,
+                id,
                 command.reply,
             ),
             ConnectorCommand::Close { targets, reason } => {
@@ -188,6 +215,7 @@ fn deliver(
     targets: Vec<Target>,
     text: Utf8Bytes,
     feature: Feature,
+    id: Option<MessageId>,
     reply: Option<Replier>,
 ) {
     let report = match reply {
@@ -215,6 +243,16 @@ fn deliver(
             continue;
         };
         if handle.user != target.user {
+            continue;
+        }
+        if let Some(id) = id
+            && !handle.first_time(id.0.as_u128())
+        {
+            debug!(user = %target.user, socket = target.socket, %id, "already written; not again");
+            metrics::counter!("linker_connector_duplicates_skipped_total").increment(1);
+            if let Some(t) = ticket {
+                t.complete(true);
+            }
             continue;
         }
         let out = Outbound {

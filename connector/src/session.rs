@@ -5,7 +5,10 @@
 //! valid frames as envelopes. Frames from processors arrive on the socket's bounded queue and
 //! are written in batches with one flush. `from` is always the authenticated user.
 
+use std::collections::VecDeque;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -153,6 +156,7 @@ async fn session<S>(
         bucket: TokenBucket::new(config.max_frames_per_sec, config.frame_burst),
         overflow_since: Arc::new(AtomicU64::new(0)),
         last_seen: Instant::now(),
+        publishing: None,
     };
     let end = s.serve(&mut stream, &mut rx, deadline, &shutdown).await;
     if let Some(frame) = end {
@@ -182,7 +186,12 @@ struct Session<S> {
     overflow_since: Arc<AtomicU64>,
     /// When the client last sent anything (frames, pings, pongs).
     last_seen: Instant,
+    /// The publish in flight, if any (see `start_publish`).
+    publishing: Option<Publishing>,
 }
+
+/// A publish in flight; resolves to the error frame to send the client, if any.
+type Publishing = Pin<Box<dyn Future<Output = Option<String>> + Send>>;
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// Runs until the socket should close; returns the close frame to send, if any.
@@ -196,11 +205,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let ping_every = Duration::from_millis(self.shared.config.ping_interval_ms.max(100));
         let idle_after = Duration::from_millis(self.shared.config.idle_timeout_ms.max(100));
         let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
-        loop {
+        let mut publishing: Option<Publishing> = None;
+        let end = loop {
+            if publishing.is_none() {
+                publishing = self.publishing.take();
+            }
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => {
-                    return Some(close_frame(CloseCode::Away, "server shutting down; reconnect"));
+                    break Some(close_frame(CloseCode::Away, "server shutting down; reconnect"));
                 }
                 _ = self.close.cancelled() => {
                     let (code, reason) = self
@@ -210,11 +223,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                         .take()
                         .unwrap_or((CLOSED_BY_MASTER, "closed by the server".into()));
                     info!(code, %reason, "closing on request");
-                    return Some(close_frame(CloseCode::from(code), reason));
+                    break Some(close_frame(CloseCode::from(code), reason));
                 }
                 _ = sleep_until(deadline), if self.user.is_none() => {
                     info!("not authenticated before the deadline; closing");
-                    return Some(close_frame(CloseCode::Policy, "authentication deadline passed"));
+                    break Some(close_frame(CloseCode::Policy, "authentication deadline passed"));
                 }
                 Some(out) = rx.recv() => {
                     // A reader that stopped reading blocks the write; a close (slow reader,
@@ -227,7 +240,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     };
                     if let Err(e) = written {
                         debug!(error = %e, "write failed");
-                        return None;
+                        break None;
+                    }
+                }
+                told = async { publishing.as_mut().expect("guarded by the condition").await }, if publishing.is_some() => {
+                    publishing = None;
+                    if let Some(text) = told {
+                        self.reply(text).await;
                     }
                 }
                 _ = ping.tick() => {
@@ -236,13 +255,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                         info!(?quiet, "idle timeout; closing");
                         metrics::counter!("linker_connector_idle_closed_total").increment(1);
                         let reason = format!("idle timeout: nothing received for {} ms", idle_after.as_millis());
-                        return Some(close_frame(CloseCode::from(CLOSED_IDLE), reason));
+                        break Some(close_frame(CloseCode::from(CLOSED_IDLE), reason));
                     }
                     if quiet >= ping_every && self.sink.send(Message::Ping(Default::default())).await.is_err() {
-                        return None;
+                        break None;
                     }
                 }
-                incoming = stream.next() => {
+                incoming = stream.next(), if publishing.is_none() => {
                     if matches!(incoming, Some(Ok(_))) {
                         self.last_seen = Instant::now();
                     }
@@ -250,7 +269,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     None | Some(Ok(Message::Close(_))) => return None,
                     Some(Ok(Message::Text(text))) => {
                         if let Some(end) = self.on_text(&text).await {
-                            return Some(end);
+                            break Some(end);
                         }
                     }
                     Some(Ok(Message::Binary(_))) => {
@@ -260,7 +279,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                             FrameError::RateLimited(self.shared.config.max_frames_per_sec)
                         };
                         if let Some(end) = self.on_bad(&error, None).await {
-                            return Some(end);
+                            break Some(end);
                         }
                     }
                     Some(Ok(_)) => {} // ping, pong: tungstenite answers pings itself
@@ -270,16 +289,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                         metrics::counter!("linker_connector_invalid_frames_total", "reason" => error.reason())
                             .increment(1);
                         self.reply(out_invalid(&error, None)).await;
-                        return Some(close_frame(CloseCode::Size, error.to_string()));
+                        break Some(close_frame(CloseCode::Size, error.to_string()));
                     }
                     Some(Err(e)) => {
                         debug!(error = %e, "read failed");
-                        return None;
+                        break None;
                     }
                     }
                 }
             }
-        }
+        };
+        // A publish still in flight (the client's last frame, a presence event) is finished
+        // by `finish`, not dropped.
+        self.publishing = publishing;
+        end
     }
 
     /// Writes `first` and whatever else is queued (up to a batch), with one flush, then
@@ -414,22 +437,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 close: self.close.clone(),
                 close_reason: self.close_reason.clone(),
                 overflow_since: self.overflow_since.clone(),
+                recent: Mutex::new(VecDeque::new()),
             },
         );
         self.reply(out_auth_reply(app_id, user.as_str(), true, None))
             .await;
         info!("authenticated");
         self.user = Some(user.clone());
-        self.publish_presence(user, Body::UserConnected).await;
+        if let Some(envelope) = self.presence_envelope(user, Body::UserConnected) {
+            self.start_publish(envelope, false);
+        }
         None
     }
 
-    /// Tells processors (and so the app's master user) that a user came or went.
-    async fn publish_presence(&self, user: UserId, body: Body) {
+    /// The envelope telling processors (and so the app's master user) that a user came or
+    /// went; none for the master user itself.
+    fn presence_envelope(&self, user: UserId, body: Body) -> Option<Envelope> {
         if self.shared.network.is_master(&user) {
-            return;
+            return None;
         }
-        let envelope = Envelope {
+        Some(Envelope {
             id: MessageId::new(),
             from: user,
             origin: self.address.clone(),
@@ -439,10 +466,37 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             created_at: common::now_millis(),
             hops: 0,
             body,
+        })
+    }
+
+    /// Starts publishing `envelope`. The session keeps writing while it is in flight but reads
+    /// no further frame (that keeps the sender's order, and holds a client back while the bus
+    /// is full). If `tell_client`, a failure is answered with `GENERAL_ERROR`.
+    fn start_publish(&mut self, envelope: Envelope, tell_client: bool) {
+        let bus = self.shared.bus.clone();
+        let echo = if tell_client {
+            envelope.reference.clone()
+        } else {
+            None
         };
-        if let Err(e) = self.shared.bus.publish(envelope).await {
-            warn!(error = %e, "presence event not published");
-        }
+        let publish = async move {
+            match bus.publish(envelope).await {
+                Ok(()) => None,
+                Err(e) if tell_client => {
+                    warn!(error = %e, "publish failed; telling the client");
+                    Some(out_general_error(
+                        "BUS_UNAVAILABLE",
+                        &e.to_string(),
+                        echo.as_deref(),
+                    ))
+                }
+                Err(e) => {
+                    warn!(error = %e, "presence event not published");
+                    None
+                }
+            }
+        };
+        self.publishing = Some(Box::pin(publish.instrument(tracing::Span::current())));
     }
 
     /// Checks what only the connector can check, then hands the frame to processors.
@@ -480,7 +534,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             },
             ClientBody::AuthClient { .. } => return,
         };
-        let echo = reference.clone();
         let envelope = Envelope {
             id: MessageId::new(),
             from: user,
@@ -492,11 +545,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             hops: 0,
             body,
         };
-        if let Err(e) = self.shared.bus.publish(envelope).await {
-            warn!(error = %e, "publish failed; telling the client");
-            let text = out_general_error("BUS_UNAVAILABLE", &e.to_string(), echo.as_deref());
-            self.reply(text).await;
-        }
+        self.start_publish(envelope, true);
     }
 
     fn may_message(&self, from: &UserId, to: &UserId) -> Result<(), (&'static str, String)> {
@@ -524,6 +573,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 
     /// Forgets the socket: registry, presence, and a USER_DISCONNECTED for the master.
     async fn finish(&mut self) {
+        // The client's last frame (or the connect event) goes out before the disconnect.
+        if let Some(publishing) = self.publishing.take() {
+            publishing.await;
+        }
         let Some(user) = self.user.take() else {
             return;
         };
@@ -532,6 +585,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             warn!(error = %e, "presence not updated on close");
         }
         info!("disconnected");
-        self.publish_presence(user, Body::UserDisconnected).await;
+        if let Some(envelope) = self.presence_envelope(user, Body::UserDisconnected)
+            && let Err(e) = self.shared.bus.publish(envelope).await
+        {
+            warn!(error = %e, "presence event not published");
+        }
     }
 }

@@ -75,11 +75,18 @@ impl Processor {
         let report = feature == Feature::Reliable || message.confirm.is_some();
         let written = !sockets.is_empty()
             && self
-                .write(&message.to, &sockets, &message.frame, feature, report)
+                .write(
+                    &message.to,
+                    &sockets,
+                    &message.frame,
+                    feature,
+                    report,
+                    message.id,
+                )
                 .await;
         if written {
             if let Some(confirm) = message.confirm {
-                self.confirm(confirm).await?;
+                self.confirm(confirm, message.id).await?;
             }
             return Ok(());
         }
@@ -97,10 +104,15 @@ impl Processor {
         Ok(())
     }
 
-    /// Sends `MESSAGE_CONFIRMATION {reference}` to the sender, RELIABLE.
-    pub(crate) async fn confirm(&self, confirm: Confirm) -> Result<(), ProcessError> {
+    /// Sends `MESSAGE_CONFIRMATION {reference}` for message `of` to its sender, RELIABLE. Its
+    /// id derives from the message's, so a confirmation sent again is recognised.
+    pub(crate) async fn confirm(
+        &self,
+        confirm: Confirm,
+        of: MessageId,
+    ) -> Result<(), ProcessError> {
         let stored = StoredMessage {
-            id: MessageId::new(),
+            id: of.confirmation(),
             frame: out_confirmation(&confirm.reference),
             to: confirm.to,
             created_at: common::now_millis(),
@@ -118,6 +130,7 @@ impl Processor {
         frame: &str,
         feature: Feature,
         report: bool,
+        id: MessageId,
     ) -> bool {
         let mut written = false;
         for (connector, targets) in by_connector(sockets.iter().map(|s| (user, s))) {
@@ -125,6 +138,7 @@ impl Processor {
                 targets,
                 frame: frame.to_owned(),
                 feature,
+                id: Some(id),
             };
             written |= self
                 .send(&connector, command, report)
@@ -198,6 +212,7 @@ impl Processor {
                 targets: targets.clone(),
                 frame: frame.clone(),
                 feature: meta.feature,
+                id: Some(meta.id),
             };
             let written = self.send(&connector, command, report).await;
             for (target, ok) in targets.iter().zip(written) {

@@ -102,6 +102,7 @@ async fn tell_sender(p: &Processor, envelope: &Envelope, e: &ProcessError) {
         }],
         frame,
         feature: envelope.feature,
+        id: None,
     };
     if let Err(e) = p.bus.send(&envelope.origin.connector, command).await {
         debug!(error = %e, "sender not told: connector gone");

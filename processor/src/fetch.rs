@@ -60,6 +60,7 @@ impl Processor {
                 targets: target(),
                 frame: message.frame.clone(),
                 feature: Feature::Reliable,
+                id: Some(message.id),
             };
             if !self
                 .send(&origin.connector, command, true)
@@ -73,7 +74,7 @@ impl Processor {
             self.store.remove(user, message.id).await?;
             delivered += 1;
             if let Some(confirm) = message.confirm {
-                self.confirm(confirm).await?;
+                self.confirm(confirm, message.id).await?;
             }
         }
         let left = fetched.total.saturating_sub(delivered);
@@ -81,6 +82,7 @@ impl Processor {
             targets: target(),
             frame: out_fetch_complete(left, reference.as_deref()),
             feature: Feature::Reliable,
+            id: None,
         };
         self.send(&origin.connector, command, false).await;
         Ok(())

@@ -205,6 +205,7 @@ pub async fn bus_contract(bus: Arc<dyn Bus>, connector: &str) -> anyhow::Result<
                 targets: vec![target(1), target(2)],
                 frame: "frame-1".into(),
                 feature: Feature::Reliable,
+                id: Some(MessageId::new()),
             },
             Duration::from_secs(10),
         )
