@@ -89,12 +89,14 @@ pub async fn run(options: Options) -> anyhow::Result<Summary> {
     shared.phase.send_replace(Phase::Measure);
     let server_start = server_pid.map(|p| procfs::sample(Some(p))).transpose()?;
     let client_start = procfs::sample(None)?;
+    let machine_start = procfs::machine_load();
     let measure_start = Instant::now();
     tokio::time::sleep(Duration::from_secs(o.duration_secs)).await;
     shared.phase.send_replace(Phase::Drain);
     let duration_secs = measure_start.elapsed().as_secs_f64();
     let server_end = server_pid.map(|p| procfs::sample(Some(p))).transpose()?;
     let client_end = procfs::sample(None)?;
+    let machine_end = procfs::machine_load();
     let open_at_end = shared.open.load(Ordering::Relaxed);
 
     wait_until(Duration::from_secs(o.drain_secs), || {
@@ -170,6 +172,8 @@ pub async fn run(options: Options) -> anyhow::Result<Summary> {
             cpu_percent: procfs::cpu_percent(&client_start, &client_end),
             rss_end_kib: client_end.rss_kib,
         }),
+        machine_start,
+        machine_end,
     };
     if let Some(path) = &o.json {
         let json = serde_json::to_string_pretty(&summary).expect("the summary is plain data");

@@ -75,6 +75,42 @@ pub fn cpu_percent(from: &Sample, to: &Sample) -> f64 {
     100.0 * cpu / wall
 }
 
+/// How busy the whole machine is: other programs share its cores with the server and this
+/// tool, and skew what a run measures.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct MachineLoad {
+    /// 1-minute load average.
+    pub loadavg_1m: f64,
+    /// Share of the last 10 s in which some runnable task waited for a CPU (%), if the
+    /// kernel reports pressure.
+    pub cpu_pressure_10s: Option<f64>,
+}
+
+/// Reads /proc/loadavg and /proc/pressure/cpu; zeros where they cannot be read.
+pub fn machine_load() -> MachineLoad {
+    let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let pressure = std::fs::read_to_string("/proc/pressure/cpu").unwrap_or_default();
+    MachineLoad {
+        loadavg_1m: loadavg
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0),
+        cpu_pressure_10s: some_avg10(&pressure),
+    }
+}
+
+/// `avg10` of the `some` line of a /proc/pressure file.
+fn some_avg10(pressure: &str) -> Option<f64> {
+    pressure
+        .lines()
+        .find(|l| l.starts_with("some "))?
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix("avg10="))?
+        .parse()
+        .ok()
+}
+
 /// Raises this process's open-file soft limit to its hard limit; returns the new soft limit.
 pub fn raise_fd_limit() -> anyhow::Result<u64> {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
@@ -103,6 +139,14 @@ mod tests {
         assert_eq!(status_kib(status, "VmRSS:"), Some(81_234));
         assert_eq!(status_kib(status, "Threads:"), Some(3));
         assert_eq!(status_kib(status, "VmSwap:"), None);
+    }
+
+    #[test]
+    fn cpu_pressure_is_read_from_the_some_line() {
+        let p = "some avg10=93.88 avg60=93.62 avg300=88.43 total=1714802190\n\
+                 full avg10=0.00 avg60=0.00 avg300=0.00 total=0\n";
+        assert_eq!(some_avg10(p), Some(93.88));
+        assert_eq!(some_avg10(""), None);
     }
 
     #[test]

@@ -11,6 +11,7 @@ use serde::Serialize;
 use super::errors::ErrorCounts;
 use super::ledger::Percentiles;
 use super::options::Feature;
+use super::procfs::MachineLoad;
 use super::workload::Workload;
 
 /// The server's CPU and memory, from /proc.
@@ -73,6 +74,9 @@ pub struct Summary {
     pub errors: ErrorCounts,
     pub server: Option<ServerStats>,
     pub client: Option<ClientStats>,
+    /// The machine's load at the start and the end of the measured phase.
+    pub machine_start: MachineLoad,
+    pub machine_end: MachineLoad,
 }
 
 /// One progress line's numbers.
@@ -112,8 +116,8 @@ impl fmt::Display for Summary {
         let l = &self.latency;
         writeln!(
             f,
-            "linker-bench {:?} {} x{} every {} ms, {} chars, to {}",
-            self.workload,
+            "linker-bench {} {} x{} every {} ms, {} chars, to {}",
+            self.workload.name(),
             self.feature.wire_name(),
             self.connections,
             self.interval_ms,
@@ -179,6 +183,18 @@ impl fmt::Display for Summary {
                 c.cpu_percent, c.rss_end_kib
             )?;
         }
+        let pressure = |m: &MachineLoad| {
+            m.cpu_pressure_10s
+                .map_or("n/a".to_owned(), |p| format!("{p:.0}%"))
+        };
+        writeln!(
+            f,
+            "  machine      load {:.2} -> {:.2}, CPU pressure {} -> {} (share of time a task waited for a CPU)",
+            self.machine_start.loadavg_1m,
+            self.machine_end.loadavg_1m,
+            pressure(&self.machine_start),
+            pressure(&self.machine_end)
+        )?;
         Ok(())
     }
 }

@@ -17,6 +17,14 @@ pub enum Workload {
 }
 
 impl Workload {
+    /// The name on the command line (`self-echo`, `pairs`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::SelfEcho => "self-echo",
+            Workload::Pairs => "pairs",
+        }
+    }
+
     /// The connection that connection `index` sends to.
     pub fn peer_of(self, index: usize) -> usize {
         match self {
@@ -125,6 +133,13 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&frame).expect("valid JSON");
         assert_eq!(v["data"]["to"], "ANZ-5");
         assert_eq!(v["data"]["content"].as_str().map(str::len), Some(50));
+    }
+
+    #[test]
+    fn names_are_the_command_line_names() {
+        for w in [Workload::SelfEcho, Workload::Pairs] {
+            assert_eq!(Workload::from_str(w.name(), false), Ok(w));
+        }
     }
 
     #[test]
