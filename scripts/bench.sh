@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One benchmark run against a fresh `linker domain` (its own store in a temp dir, ports picked
-# by the kernel): starts the release server, runs linker-bench with --server-pid, stops it.
+# by the kernel): starts the release server, runs linker-bench with --server-pid, saves the
+# server's /metrics beside the JSON result, stops the server.
 #   scripts/bench.sh RESULT.json [linker-bench flags...]
 # Build first: cargo build --release -p linker -p test-script. Loopback only.
 set -euo pipefail
@@ -35,6 +36,9 @@ done
 [[ -n "$ws" ]] || { echo "linker not ready within 30 s" >&2; exit 1; }
 
 "$target/linker-bench" --targets "ws://$ws/ws" --server-pid "$server_pid" --json "$out" "$@"
+# The server's own counters (queue-full drops, stored messages, retries) beside the result.
+page="$(sed -n 's/^LINKER_READY .*page=\([^ ]*\).*/\1/p' "$work/stdout")"
+curl -sf --max-time 5 "http://$page/metrics" | grep -v '^#' >"${out%.json}.metrics" || true
 if grep -qiE 'error|panic' "$work/server.log"; then
     echo "--- server log (errors) ---" >&2
     grep -iE 'error|panic' "$work/server.log" | head -20 >&2

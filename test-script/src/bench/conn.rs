@@ -237,6 +237,12 @@ async fn write(
         if now >= Phase::Drain {
             break;
         }
+        if o.max_in_flight > 0 && shared.ledger.in_flight(index) >= o.max_in_flight {
+            if now == Phase::Measure {
+                shared.ledger.skipped();
+            }
+            continue;
+        }
         let seq = shared.ledger.sent(index, now == Phase::Measure);
         let mut frame = String::with_capacity(capacity);
         frame.push_str(&prefix);

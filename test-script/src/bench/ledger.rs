@@ -30,6 +30,8 @@ pub enum Receipt {
 #[derive(Default)]
 struct Track {
     next_seq: u64,
+    /// First receipts.
+    received: u64,
     measured: Option<Range<u64>>,
     seen: Vec<u64>,
 }
@@ -73,6 +75,8 @@ pub struct Totals {
     pub duplicated: u64,
     /// MESSAGE frames whose content this run did not send.
     pub unknown: u64,
+    /// Measured-phase ticks that sent nothing: `--max-in-flight` messages were on their way.
+    pub skipped: u64,
 }
 
 impl Totals {
@@ -121,6 +125,7 @@ pub struct Ledger {
     measured_received: AtomicU64,
     duplicated: AtomicU64,
     unknown: AtomicU64,
+    skipped: AtomicU64,
 }
 
 impl Ledger {
@@ -137,6 +142,7 @@ impl Ledger {
             measured_received: AtomicU64::new(0),
             duplicated: AtomicU64::new(0),
             unknown: AtomicU64::new(0),
+            skipped: AtomicU64::new(0),
         }
     }
 
@@ -174,6 +180,17 @@ impl Ledger {
         self.sent.fetch_sub(1, Ordering::Relaxed);
     }
 
+    /// Messages of `sender` sent and not received yet (lost ones included).
+    pub fn in_flight(&self, sender: usize) -> u64 {
+        let t = self.track(sender);
+        t.next_seq - t.received
+    }
+
+    /// Counts a measured-phase tick that sent nothing because too much was in flight.
+    pub fn skipped(&self) {
+        self.skipped.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Records a receipt of `sender`'s message `seq`, which took `latency_us`.
     pub fn received(&self, sender: usize, seq: u64, latency_us: u64) -> Receipt {
         if sender >= self.senders.len() {
@@ -188,7 +205,11 @@ impl Ledger {
                 return Receipt::Unknown;
             }
             let measured = t.measured.as_ref().is_some_and(|r| r.contains(&seq));
-            (t.mark(seq), measured)
+            let fresh = t.mark(seq);
+            if fresh {
+                t.received += 1;
+            }
+            (fresh, measured)
         };
         if !fresh {
             self.duplicated.fetch_add(1, Ordering::Relaxed);
@@ -218,6 +239,7 @@ impl Ledger {
             measured_received: self.measured_received.load(Ordering::Relaxed),
             duplicated: self.duplicated.load(Ordering::Relaxed),
             unknown: self.unknown.load(Ordering::Relaxed),
+            skipped: self.skipped.load(Ordering::Relaxed),
         }
     }
 
@@ -331,6 +353,19 @@ mod tests {
         l.send_failed(0, b);
         let t = l.totals();
         assert_eq!((t.sent, t.measured_sent, t.lost()), (1, 1, 0));
+    }
+
+    #[test]
+    fn in_flight_counts_what_was_sent_and_not_yet_received() {
+        let l = Ledger::new(2);
+        let a = l.sent(0, true);
+        let b = l.sent(0, true);
+        assert_eq!(l.in_flight(0), 2);
+        l.received(0, b, 1);
+        l.received(0, b, 1);
+        assert_eq!(l.in_flight(0), 1, "a duplicate is not a second receipt");
+        l.received(0, a, 1);
+        assert_eq!((l.in_flight(0), l.in_flight(1)), (0, 0));
     }
 
     #[test]

@@ -147,6 +147,7 @@ pub async fn run(options: Options) -> anyhow::Result<Summary> {
         connected,
         open_at_end,
         interval_ms: o.interval_ms,
+        max_in_flight: o.max_in_flight,
         size: o.size,
         targets: o.targets.clone(),
         ramp_secs,
@@ -157,6 +158,7 @@ pub async fn run(options: Options) -> anyhow::Result<Summary> {
         lost: totals.lost(),
         duplicated: totals.duplicated,
         unknown: totals.unknown,
+        skipped_sends: totals.skipped,
         sent_total: totals.sent,
         received_total: totals.received,
         offered_msgs_per_sec: if o.interval_ms == 0 {

@@ -43,6 +43,11 @@ pub struct Options {
     /// number and timestamp).
     #[arg(long, default_value_t = 1000)]
     pub size: usize,
+    /// Most messages of one connection on their way at once: a tick that finds this many
+    /// skips its send (counted). 0 = no limit, a fixed-rate open loop; 1 = send at the
+    /// interval or on receipt of the previous message, whichever is later.
+    #[arg(long, default_value_t = 0)]
+    pub max_in_flight: u64,
     /// The messages' `feature`.
     #[arg(long, value_enum, ignore_case = true, default_value_t = Feature::Fast)]
     pub feature: Feature,

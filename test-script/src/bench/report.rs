@@ -47,6 +47,8 @@ pub struct Summary {
     /// Connections still open at the end of the measured phase.
     pub open_at_end: usize,
     pub interval_ms: u64,
+    /// `--max-in-flight` (0 = no limit).
+    pub max_in_flight: u64,
     pub size: usize,
     pub targets: Vec<String>,
     pub ramp_secs: f64,
@@ -62,6 +64,8 @@ pub struct Summary {
     pub duplicated: u64,
     /// MESSAGE frames this run did not send.
     pub unknown: u64,
+    /// Measured-phase sends skipped because `max_in_flight` messages were on their way.
+    pub skipped_sends: u64,
     /// Messages sent and received over the whole run (warm-up and drain included).
     pub sent_total: u64,
     pub received_total: u64,
@@ -142,6 +146,13 @@ impl fmt::Display for Summary {
             self.sent_total,
             self.received_total
         )?;
+        if self.max_in_flight > 0 {
+            writeln!(
+                f,
+                "  in flight    at most {} per connection; {} measured-phase sends skipped",
+                self.max_in_flight, self.skipped_sends
+            )?;
+        }
         writeln!(
             f,
             "  latency ms   p50 {:.3} p90 {:.3} p99 {:.3} p99.9 {:.3} max {:.3} mean {:.3} (n={})",
