@@ -1,8 +1,14 @@
 //! The browser test page, compiled into the binary so `linker domain` serves it with no
-//! files beside it.
+//! files beside it, and the load generator `linker-bench`.
 //!
-//! The page itself is plain HTML, CSS and JavaScript under `test-script/page/`: no build step.
-//! `test-script/browser/` drives it in headless Chromium.
+//! Layout:
+//! - [`PAGE`] / [`asset`]: the page, plain HTML, CSS and JavaScript under `test-script/page/`
+//!   (no build step); `test-script/browser/` drives it in headless Chromium.
+//! - `bench` (feature `bench`, on by default): the load generator's core, a library so tests
+//!   can run it; `src/bin/linker-bench.rs` is its command line.
+
+#[cfg(feature = "bench")]
+pub mod bench;
 
 /// The page's files: (path, content type, body).
 pub const PAGE: [(&str, &str, &str); 3] = [
