@@ -360,13 +360,21 @@ fail_engine() { # ENGINE MESSAGE
 }
 
 wait_ready() { # ENGINE
-  local e="$1" deadline pid
+  local e="$1" deadline pid missing=0
   deadline=$((SECONDS + $(timeout_of "$e")))
   while :; do
+    # Just after launch the pid is still the subshell that is about to exec the engine, so
+    # its command line does not show the engine yet: only several misses in a row mean dead.
     if ! pid="$(running_pid "$e")"; then
-      fail_engine "$e" "process exited during startup"
-      return 1
+      missing=$((missing + 1))
+      if ((missing >= 5)); then
+        fail_engine "$e" "process exited during startup"
+        return 1
+      fi
+      sleep 0.3
+      continue
     fi
+    missing=0
     ready "$e" && return 0
     if ((SECONDS >= deadline)); then
       fail_engine "$e" "not ready on 127.0.0.1:$(port_of "$e") after $(timeout_of "$e")s; stopping it"
