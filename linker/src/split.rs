@@ -87,14 +87,57 @@ async fn store(s: &Settings, shutdown: &CancellationToken) -> anyhow::Result<Arc
     Ok(Arc::new(store))
 }
 
-pub async fn run_connector(config: NetworkConfig, s: Settings) -> anyhow::Result<()> {
+/// What both roles set up first: signals, metrics, the network, the bus and presence.
+struct Common {
+    shutdown: CancellationToken,
+    metrics: metrics_exporter_prometheus::PrometheusHandle,
+    network: Arc<Network>,
+    bus: Arc<dyn Bus>,
+    presence: Arc<dyn Presence>,
+}
+
+async fn common(config: NetworkConfig, s: &Settings) -> anyhow::Result<Common> {
     let shutdown = CancellationToken::new();
     crate::cancel_on_signal(shutdown.clone());
     let metrics = crate::install_metrics()?;
     let network = Arc::new(Network::new(config, DomainName::new(&s.domain)));
-    let bus = bus(&s, &shutdown).await?;
-    let presence = presence(&s, &shutdown).await?;
-    let connector = Connector::bind(s.connector.clone(), network, bus, presence).await?;
+    let bus = bus(s, &shutdown).await?;
+    let presence = presence(s, &shutdown).await?;
+    Ok(Common {
+        shutdown,
+        metrics,
+        network,
+        bus,
+        presence,
+    })
+}
+
+/// Serves `/health` and `/metrics` on `http` while `role` runs; when it ends, stops the rest.
+async fn run_role(
+    http: tokio::net::TcpListener,
+    c: Common,
+    role: impl Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    let serve = tokio::spawn(web::serve(
+        http,
+        web::ops_router(c.metrics),
+        c.shutdown.clone(),
+    ));
+    let result = role.await;
+    c.shutdown.cancel();
+    let _ = serve.await;
+    result
+}
+
+pub async fn run_connector(config: NetworkConfig, s: Settings) -> anyhow::Result<()> {
+    let c = common(config, &s).await?;
+    let connector = Connector::bind(
+        s.connector.clone(),
+        c.network.clone(),
+        c.bus.clone(),
+        c.presence.clone(),
+    )
+    .await?;
     let http = web::bind(s.metrics_listen).await?;
     println!(
         "linker connector `{}` of domain `{}` is up",
@@ -106,33 +149,32 @@ pub async fn run_connector(config: NetworkConfig, s: Settings) -> anyhow::Result
         connector.local_addr(),
         http.local_addr()?
     );
-    let t = shutdown.clone();
-    let serve = tokio::spawn(web::serve(http, web::ops_router(metrics), t));
-    let result = connector.run(shutdown.clone()).await.context("connector");
-    shutdown.cancel();
-    let _ = serve.await;
-    result
+    let shutdown = c.shutdown.clone();
+    run_role(http, c, async move {
+        connector.run(shutdown).await.context("connector")
+    })
+    .await
 }
 
 pub async fn run_processor(config: NetworkConfig, s: Settings) -> anyhow::Result<()> {
-    let shutdown = CancellationToken::new();
-    crate::cancel_on_signal(shutdown.clone());
-    let metrics = crate::install_metrics()?;
-    let network = Arc::new(Network::new(config, DomainName::new(&s.domain)));
-    let bus = bus(&s, &shutdown).await?;
-    let presence = presence(&s, &shutdown).await?;
-    let store = store(&s, &shutdown).await?;
-    let processor = Processor::new(s.processor.clone(), network, bus, store, presence);
+    let c = common(config, &s).await?;
+    let store = store(&s, &c.shutdown).await?;
+    let processor = Processor::new(
+        s.processor.clone(),
+        c.network.clone(),
+        c.bus.clone(),
+        store,
+        c.presence.clone(),
+    );
     let http = web::bind(s.metrics_listen).await?;
     println!(
         "linker processor `{}` of domain `{}` is up",
         s.processor.name, s.domain
     );
     println!("LINKER_READY metrics={}", http.local_addr()?);
-    let t = shutdown.clone();
-    let serve = tokio::spawn(web::serve(http, web::ops_router(metrics), t));
-    let result = processor.run(shutdown.clone()).await.context("processor");
-    shutdown.cancel();
-    let _ = serve.await;
-    result
+    let shutdown = c.shutdown.clone();
+    run_role(http, c, async move {
+        processor.run(shutdown).await.context("processor")
+    })
+    .await
 }

@@ -33,15 +33,7 @@ pub enum Ended {
 
 impl Client {
     pub async fn connect(url: &str) -> anyhow::Result<Client> {
-        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
-            .await
-            .context("connect timed out")?
-            .with_context(|| format!("connect to {url}"))?;
-        Ok(Client {
-            ws,
-            user: String::new(),
-            syncs: 0,
-        })
+        Self::open(url, None).await
     }
 
     /// Connects over `wss://`, trusting only `root` (a DER certificate).
@@ -54,8 +46,11 @@ impl Client {
             .with_root_certificates(roots)
             .with_no_client_auth();
         let connector = tokio_tungstenite::Connector::Rustls(std::sync::Arc::new(config));
-        let connect =
-            tokio_tungstenite::connect_async_tls_with_config(url, None, false, Some(connector));
+        Self::open(url, Some(connector)).await
+    }
+
+    async fn open(url: &str, tls: Option<tokio_tungstenite::Connector>) -> anyhow::Result<Client> {
+        let connect = tokio_tungstenite::connect_async_tls_with_config(url, None, false, tls);
         let (ws, _) = tokio::time::timeout(WAIT, connect)
             .await
             .context("connect timed out")?
