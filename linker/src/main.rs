@@ -280,19 +280,17 @@ fn init_logs(format: LogFormat) {
     }
 }
 
-/// Cancels `token` on SIGTERM or Ctrl-C.
+/// Cancels `token` on SIGTERM or Ctrl-C. The handlers are in place when this returns.
 pub(crate) fn cancel_on_signal(token: CancellationToken) {
+    #[cfg(unix)]
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler cannot fail on unix");
     tokio::spawn(async move {
         let ctrl_c = tokio::signal::ctrl_c();
         #[cfg(unix)]
-        {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("installing a SIGTERM handler cannot fail on unix");
-            tokio::select! {
-                _ = ctrl_c => {}
-                _ = term.recv() => {}
-            }
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
         }
         #[cfg(not(unix))]
         let _ = ctrl_c.await;
@@ -331,6 +329,9 @@ async fn run_domain(
     let meta = MetaServer::bind(s.meta_listen, config).await?;
     let page = web::bind(s.page_listen).await?;
 
+    // Handle SIGTERM before saying we are ready: a stop right after start must be clean.
+    let shutdown = CancellationToken::new();
+    cancel_on_signal(shutdown.clone());
     let ws = connector.local_addr();
     let page_addr = page.local_addr()?;
     let meta_addr = meta.local_addr();
@@ -341,8 +342,6 @@ async fn run_domain(
     println!("  store               {}", s.data_dir.display());
     println!("LINKER_READY ws={ws} page={page_addr} meta={meta_addr}");
 
-    let shutdown = CancellationToken::new();
-    cancel_on_signal(shutdown.clone());
     let mut tasks = tokio::task::JoinSet::new();
     let t = shutdown.clone();
     tasks.spawn(async move { connector.run(t).await.context("connector") });
@@ -374,10 +373,10 @@ async fn run_domain(
 
 async fn run_meta(config: common::config::NetworkConfig, listen: SocketAddr) -> anyhow::Result<()> {
     let meta = MetaServer::bind(listen, config).await?;
-    println!("meta-server on http://{}/network", meta.local_addr());
-    println!("LINKER_READY meta={}", meta.local_addr());
     let shutdown = CancellationToken::new();
     cancel_on_signal(shutdown.clone());
+    println!("meta-server on http://{}/network", meta.local_addr());
+    println!("LINKER_READY meta={}", meta.local_addr());
     meta.run(shutdown).await?;
     Ok(())
 }
