@@ -4,7 +4,8 @@
 //! Both features share one inbound queue, so one sender's envelopes reach processors in the
 //! order sent. A full queue makes `publish` wait (backpressure reaches the socket reader),
 //! never grow. Nothing here survives the process: RELIABLE durability comes from the processor
-//! persisting before it acknowledges.
+//! persisting before it acknowledges, so `hand_over` returns only once a processor has
+//! acknowledged the envelope.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -62,6 +63,22 @@ impl Bus for MemoryBus {
             })
             .await
             .map_err(|_| BusError::Closed)
+    }
+
+    async fn hand_over(&self, envelope: Envelope) -> Result<(), BusError> {
+        let (done, handled) = oneshot::channel();
+        self.inbound_tx
+            .send(Inbound {
+                envelope,
+                ack: Ack::new(move || {
+                    let _ = done.send(());
+                }),
+            })
+            .await
+            .map_err(|_| BusError::Closed)?;
+        handled
+            .await
+            .map_err(|_| BusError::Unavailable("the processor stopped before handling it".into()))
     }
 
     async fn consume(&self, _name: &str) -> Result<mpsc::Receiver<Inbound>, BusError> {

@@ -87,6 +87,14 @@ pub trait Bus: Send + Sync + 'static {
     /// `Ok` means the bus has it (for `RELIABLE`: durably, where the bus is durable).
     async fn publish(&self, envelope: Envelope) -> Result<(), BusError>;
 
+    /// Hands over an envelope that must not be lost once this returns `Ok` (one that came
+    /// over a domain link: the neighbour forgets it on our word). On a durable bus this is
+    /// `publish`; a bus that keeps nothing across a crash waits until a processor has handled
+    /// the envelope (delivered, stored, or passed on and acknowledged).
+    async fn hand_over(&self, envelope: Envelope) -> Result<(), BusError> {
+        self.publish(envelope).await
+    }
+
     /// Starts consuming envelopes as processor `name`; processors share the work.
     async fn consume(&self, name: &str) -> Result<mpsc::Receiver<Inbound>, BusError>;
 

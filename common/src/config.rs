@@ -185,6 +185,23 @@ impl NetworkConfig {
                     "links a domain to itself",
                 ));
             }
+            for (key, end) in [("n1", &link.n1), ("n2", &link.n2)] {
+                if self.link_url(end).is_none() {
+                    return Err(invalid(
+                        format!("domainLinks[{i}].{key}"),
+                        format!("linked domain `{end}` has no tcp:// url"),
+                    ));
+                }
+                let app = domain_app_name(end);
+                if self.app(&app).is_none() {
+                    return Err(invalid(
+                        format!("domainLinks[{i}].{key}"),
+                        format!(
+                            "linked domain `{end}` has no client app `{app}` to authenticate its links"
+                        ),
+                    ));
+                }
+            }
         }
         let mut app_names = HashSet::new();
         let mut app_ids = HashSet::new();
@@ -254,6 +271,62 @@ impl NetworkConfig {
     pub fn app(&self, app_name: &str) -> Option<&ClientApp> {
         self.client_apps.iter().find(|a| a.app_name == app_name)
     }
+
+    /// The first url of `domain` with the given scheme (`"ws://"`, `"tcp://"`).
+    pub fn url(&self, domain: &str, scheme: &str) -> Option<&str> {
+        self.domains
+            .iter()
+            .find(|d| d.name == domain)?
+            .urls
+            .iter()
+            .map(|u| u.trim())
+            .find(|u| u.starts_with(scheme))
+    }
+
+    /// Where `domain`'s connector listens for domain links: the `host:port` of its `tcp://`
+    /// url (port 9089 if the url has none).
+    pub fn link_url(&self, domain: &str) -> Option<String> {
+        let rest = self.url(domain, "tcp://")?.trim_start_matches("tcp://");
+        let host_port = rest.split('/').next().unwrap_or_default();
+        if host_port.is_empty() {
+            return None;
+        }
+        if host_port
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        {
+            Some(host_port.to_owned())
+        } else {
+            Some(format!("{host_port}:{DEFAULT_LINK_PORT}"))
+        }
+    }
+
+    /// True if a link joins domains `a` and `b`.
+    pub fn linked(&self, a: &str, b: &str) -> bool {
+        self.domain_links
+            .iter()
+            .any(|l| (l.n1 == a && l.n2 == b) || (l.n1 == b && l.n2 == a))
+    }
+}
+
+/// The default port of a domain's link listener.
+pub const DEFAULT_LINK_PORT: u16 = 9089;
+
+/// The client app a domain authenticates its links as, as in the original network:
+/// `domain-01` -> `domain1` (letters, then the number without leading zeros); a name of
+/// another shape loses its non-alphanumeric characters.
+pub fn domain_app_name(domain: &str) -> String {
+    if let Some((letters, digits)) = domain.rsplit_once('-')
+        && !letters.is_empty()
+        && letters.chars().all(|c| c.is_ascii_alphabetic())
+        && let Ok(n) = digits.parse::<u64>()
+    {
+        return format!("{letters}{n}");
+    }
+    domain
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .collect()
 }
 
 fn check_ranges(
@@ -322,6 +395,18 @@ clientApps:
     appId: domain1
     masterUserId: domain1-1
     authEnabled: false
+  - appName: domain2
+    appId: domain2
+    masterUserId: domain2-1
+    authEnabled: false
+  - appName: domain3
+    appId: domain3
+    masterUserId: domain3-1
+    authEnabled: false
+  - appName: domain4
+    appId: domain4
+    masterUserId: domain4-1
+    authEnabled: false
   - appName: ANZ
     appId: app-id-343
     masterUserId: ANZ-123223
@@ -347,10 +432,22 @@ userDistributions:
         assert_eq!(c.domains.len(), 4);
         assert_eq!(c.domain_links.len(), 4);
         assert_eq!(
-            c.client_apps[1].master_user_id.as_deref(),
+            c.client_apps[4].master_user_id.as_deref(),
             Some("ANZ-123223")
         );
+        assert_eq!(
+            c.link_url("domain-02").as_deref(),
+            Some("192.168.56.2:9089")
+        );
+        assert_eq!(c.url("domain-03", "ws://"), Some("ws://192.168.56.3:8088"));
         assert_eq!(c.user_distributions[3].to, None);
+    }
+
+    #[test]
+    fn domains_authenticate_links_as_their_domain_app() {
+        assert_eq!(domain_app_name("domain-01"), "domain1");
+        assert_eq!(domain_app_name("domain-12"), "domain12");
+        assert_eq!(domain_app_name("eu_west"), "euwest");
     }
 
     #[test]
@@ -370,16 +467,28 @@ userDistributions:
             ),
             (
                 SEED.replace("appName: ANZ\n", "appName: domain1\n"),
-                "clientApps[1].appName",
+                "clientApps[4].appName",
             ),
             (
                 SEED.replace("appId: domain1", "appId: app-id-343"),
-                "clientApps[1].appId",
+                "clientApps[4].appId",
             ),
             (
                 SEED.replace("masterUserId: ANZ-123223", "masterUserId: BNZ-1"),
                 "masterUserId",
             ),
+            (
+                SEED.replace("tcp://192.168.56.3:9089", "http://192.168.56.3:9089"),
+                "has no tcp:// url",
+            ),
+            (
+                SEED.replace(
+                    "appName: domain4\n    appId: domain4",
+                    "appName: router4\n    appId: domain4",
+                ),
+                "has no client app `domain4`",
+            ),
+            (SEED.replace("to: 5999999", "to: 2999999"), "inverted"),
         ];
         for (text, field) in cases {
             let err = NetworkConfig::from_yaml(&text).unwrap_err().to_string();

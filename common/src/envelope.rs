@@ -10,13 +10,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::frame::Feature;
-use crate::ids::{MessageId, SocketAddress, SocketId, UserId};
+use crate::ids::{DomainName, MessageId, SocketAddress, SocketId, UserId};
 
 /// Most domain hops an envelope may take before it is dropped as looping.
 pub const MAX_HOPS: u8 = 16;
 
 /// One unit of work for a processor.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Envelope {
     pub id: MessageId,
     /// The authenticated sender; never taken from the client's frame.
@@ -40,7 +40,7 @@ pub struct Envelope {
 /// buffers an internally tagged enum's fields before it knows the variant, and a buffered
 /// field cannot become a `RawValue`, so an internally tagged body would not come back off
 /// the bus.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Body {
     Message {
@@ -61,6 +61,54 @@ pub enum Body {
     UserConnected,
     /// `from`'s socket `origin` closed.
     UserDisconnected,
+    /// Work for users of another domain, on its way there over domain links.
+    Relay(Box<Relay>),
+}
+
+/// What one domain asks another to do for its users. `from` of the envelope is the user who
+/// caused it; `origin` is a socket on the domain it came from, never written to elsewhere.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Relay {
+    /// The domain whose users this is for.
+    pub home: DomainName,
+    /// Domains the envelope has passed through, the first is where it started.
+    pub via: Vec<DomainName>,
+    pub what: Relayed,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Relayed {
+    /// A ready frame for each of `to`: delivered, or stored if RELIABLE and no socket took it.
+    Deliver {
+        to: Vec<UserId>,
+        message: RelayedMessage,
+    },
+    /// CLOSE_CONNECTION of `user`, asked by `from` (the master of `user`'s app).
+    Close { user: UserId },
+}
+
+/// A message as [`StoredMessage`] holds it, for recipients not yet known by name.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RelayedMessage {
+    pub id: MessageId,
+    pub created_at: u64,
+    pub frame: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirm: Option<Confirm>,
+}
+
+impl RelayedMessage {
+    /// The stored form for recipient `to`.
+    pub fn to_user(&self, to: UserId) -> StoredMessage {
+        StoredMessage {
+            id: self.id,
+            to,
+            created_at: self.created_at,
+            frame: self.frame.clone(),
+            confirm: self.confirm.clone(),
+        }
+    }
 }
 
 /// One socket a command is for: the user is checked so a reused socket id is never written
@@ -164,6 +212,27 @@ mod tests {
             Body::FetchMissingMessages { count: 5 },
             Body::UserConnected,
             Body::UserDisconnected,
+            Body::Relay(Box::new(Relay {
+                home: DomainName::new("domain-03"),
+                via: vec![DomainName::new("domain-01")],
+                what: Relayed::Deliver {
+                    to: vec![to.clone()],
+                    message: RelayedMessage {
+                        id: MessageId::new(),
+                        created_at: 1,
+                        frame: r#"{"type":"MESSAGE"}"#.into(),
+                        confirm: Some(Confirm {
+                            to: to.clone(),
+                            reference: "r".into(),
+                        }),
+                    },
+                },
+            })),
+            Body::Relay(Box::new(Relay {
+                home: DomainName::new("domain-03"),
+                via: vec![],
+                what: Relayed::Close { user: to.clone() },
+            })),
         ];
         for body in bodies {
             let e = envelope(body);

@@ -110,6 +110,16 @@ pub enum Feature {
     Reliable,
 }
 
+impl Feature {
+    /// As on the wire: `FAST` or `RELIABLE`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Feature::Fast => "FAST",
+            Feature::Reliable => "RELIABLE",
+        }
+    }
+}
+
 /// Longest `reference` accepted, in bytes.
 pub const MAX_REFERENCE_LEN: usize = 256;
 
@@ -496,6 +506,10 @@ struct AuthReply<'a> {
     is_authenticated: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    home_domain: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    home_url: Option<&'a str>,
 }
 
 /// `AUTH_CLIENT_REPLY {appId, userId, isAuthenticated, reason?}`.
@@ -507,6 +521,30 @@ pub fn out_auth_reply(app_id: &str, user_id: &str, ok: bool, reason: Option<&str
             user_id,
             is_authenticated: ok,
             reason,
+            home_domain: None,
+            home_url: None,
+        },
+        None,
+    )
+}
+
+/// `AUTH_CLIENT_REPLY {appId, userId, isAuthenticated: false, reason: "WRONG_DOMAIN",
+/// homeDomain, homeUrl?}`: the user lives on another domain, and this is where to connect.
+pub fn out_auth_wrong_domain(
+    app_id: &str,
+    user_id: &str,
+    home_domain: &str,
+    home_url: Option<&str>,
+) -> String {
+    write(
+        MessageType::AuthClientReply,
+        AuthReply {
+            app_id,
+            user_id,
+            is_authenticated: false,
+            reason: Some("WRONG_DOMAIN"),
+            home_domain: Some(home_domain),
+            home_url,
         },
         None,
     )

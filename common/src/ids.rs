@@ -185,6 +185,21 @@ impl MessageId {
             self.0.as_u128() ^ 0x5A5A_5A5A_5A5A_5A5A,
         ))
     }
+
+    /// A fixed id derived from this one and `salt` (e.g. the domain a message is relayed
+    /// to): the same inputs give the same id, so work sent again is recognised.
+    pub fn derive(self, salt: &str) -> MessageId {
+        // FNV-1a over the salt, mixed into both halves of the id. The result is no longer
+        // a valid v7 uuid, which is fine: ids are only compared, never read for a time.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in salt.bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        MessageId(uuid::Uuid::from_u128(
+            self.0.as_u128() ^ (u128::from(h) << 64 | u128::from(h.rotate_left(29))),
+        ))
+    }
 }
 
 impl Default for MessageId {

@@ -9,6 +9,7 @@
 //!   processor sends back to a connector.
 //! - [`config`]: the network configuration (the seed's YAML format) and its validation.
 //! - [`network`]: user id -> home domain, and the domain graph.
+//! - [`link`]: the wire format of domain links.
 //! - [`bus`], [`store`], [`presence`]: the three backend traits.
 
 pub mod bus;
@@ -16,6 +17,7 @@ pub mod config;
 pub mod envelope;
 pub mod frame;
 pub mod ids;
+pub mod link;
 pub mod network;
 pub mod presence;
 pub mod store;

@@ -4,9 +4,12 @@
 //! has none, of the top level) that holds their number. An app with no ranges anywhere lives
 //! wholly on the local domain, as in the single-domain built-in config. The graph is an
 //! undirected petgraph over `domains` and `domainLinks`; `next_hop` takes the first step of a
-//! shortest path over the links currently up.
+//! shortest path over the links currently up, avoiding domains an envelope has already
+//! passed through. A [`NetworkHandle`] holds the current network of a running process and
+//! swaps in a new one when the config is reloaded.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 
 use petgraph::graph::{NodeIndex, UnGraph};
 
@@ -115,24 +118,52 @@ impl Network {
         })
     }
 
-    /// The first step from the local domain towards `target` over links not in `down`;
-    /// `None` if no path is left.
-    pub fn next_hop(&self, target: &DomainName, down: &HashSet<DomainName>) -> Option<DomainName> {
+    /// The domains linked to this one.
+    pub fn neighbors(&self) -> Vec<DomainName> {
+        let Some(local) = self.nodes.get(&self.local) else {
+            return Vec::new();
+        };
+        let mut names: Vec<DomainName> = self
+            .graph
+            .neighbors(*local)
+            .map(|n| self.graph[n].clone())
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    /// The `ws://` url users of `domain` connect to, if the config gives one.
+    pub fn ws_url(&self, domain: &DomainName) -> Option<&str> {
+        self.config.url(domain.as_str(), "ws://")
+    }
+
+    /// The first step from the local domain towards `target`: a shortest path that leaves
+    /// through none of the links to the neighbours in `down` and passes through none of the
+    /// domains in `visited`. `None` if no such path is left.
+    pub fn next_hop(
+        &self,
+        target: &DomainName,
+        down: &HashSet<DomainName>,
+        visited: &[DomainName],
+    ) -> Option<DomainName> {
         let from = *self.nodes.get(&self.local)?;
         let to = *self.nodes.get(target)?;
         if from == to {
             return Some(self.local.clone());
         }
-        // Breadth-first search over domains that are up, keeping each node's parent.
+        // Breadth-first search (every link costs the same), keeping each node's parent.
         let mut parent: HashMap<NodeIndex, NodeIndex> = HashMap::new();
         let mut seen: HashSet<NodeIndex> = HashSet::from([from]);
+        seen.extend(visited.iter().filter_map(|d| self.nodes.get(d)));
+        seen.remove(&to);
         let mut queue = VecDeque::from([from]);
         while let Some(n) = queue.pop_front() {
             if n == to {
                 break;
             }
             for m in self.graph.neighbors(n) {
-                if down.contains(&self.graph[m]) || !seen.insert(m) {
+                if (n == from && down.contains(&self.graph[m])) || !seen.insert(m) {
                     continue;
                 }
                 parent.insert(m, n);
@@ -147,6 +178,43 @@ impl Network {
             }
             step = p;
         }
+    }
+}
+
+/// The current network of a running process. Readers take a cheap snapshot per use; a
+/// reload swaps in a new network that readers see from their next use on, and wakes whoever
+/// watches for changes.
+#[derive(Debug)]
+pub struct NetworkHandle {
+    current: tokio::sync::watch::Sender<Arc<Network>>,
+}
+
+impl NetworkHandle {
+    pub fn new(network: Network) -> NetworkHandle {
+        NetworkHandle {
+            current: tokio::sync::watch::Sender::new(Arc::new(network)),
+        }
+    }
+
+    /// The network as it is now.
+    pub fn current(&self) -> Arc<Network> {
+        self.current.borrow().clone()
+    }
+
+    /// Replaces the network; true if the config differs from the current one.
+    pub fn replace(&self, config: NetworkConfig) -> bool {
+        self.current.send_if_modified(|n| {
+            if n.config == config {
+                return false;
+            }
+            *n = Arc::new(Network::new(config, n.local.clone()));
+            true
+        })
+    }
+
+    /// A receiver that is told each time the network changes.
+    pub fn watch(&self) -> tokio::sync::watch::Receiver<Arc<Network>> {
+        self.current.subscribe()
     }
 }
 
@@ -201,19 +269,28 @@ mod tests {
     #[test]
     fn next_hop_goes_around_a_link_that_is_down() {
         let n = Network::new(ring(), DomainName::new("d1"));
+        let d = DomainName::new;
         let none = HashSet::new();
-        assert_eq!(
-            n.next_hop(&DomainName::new("d2"), &none),
-            Some(DomainName::new("d2"))
-        );
-        let hop = n.next_hop(&DomainName::new("d3"), &none).unwrap();
+        assert_eq!(n.next_hop(&d("d2"), &none, &[]), Some(d("d2")));
+        let hop = n.next_hop(&d("d3"), &none, &[]).unwrap();
         assert!(hop.as_str() == "d2" || hop.as_str() == "d4");
-        let down: HashSet<_> = [DomainName::new("d2")].into();
-        assert_eq!(
-            n.next_hop(&DomainName::new("d3"), &down),
-            Some(DomainName::new("d4"))
-        );
-        let all: HashSet<_> = [DomainName::new("d2"), DomainName::new("d4")].into();
-        assert_eq!(n.next_hop(&DomainName::new("d3"), &all), None);
+        let down: HashSet<_> = [d("d2")].into();
+        assert_eq!(n.next_hop(&d("d3"), &down, &[]), Some(d("d4")));
+        // The link to d2 is down, d2 itself is reached the long way round.
+        assert_eq!(n.next_hop(&d("d2"), &down, &[]), Some(d("d4")));
+        let all: HashSet<_> = [d("d2"), d("d4")].into();
+        assert_eq!(n.next_hop(&d("d3"), &all, &[]), None);
+    }
+
+    #[test]
+    fn next_hop_never_goes_back_through_a_visited_domain() {
+        let n = Network::new(ring(), DomainName::new("d2"));
+        let d = DomainName::new;
+        // At d2, coming from d1, with the link d2-d3 down: the only way left goes back
+        // through d1, which the envelope has visited.
+        let down: HashSet<_> = [d("d3")].into();
+        assert_eq!(n.next_hop(&d("d3"), &down, &[d("d1")]), None);
+        assert_eq!(n.next_hop(&d("d3"), &down, &[]), Some(d("d1")));
+        assert_eq!(n.neighbors(), vec![d("d1"), d("d3")]);
     }
 }

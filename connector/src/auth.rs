@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 use tracing::{debug, info};
 
+use common::config::domain_app_name;
 use common::ids::{IdError, UserId};
 use common::network::{Home, Network};
 
@@ -34,6 +35,8 @@ pub enum AuthError {
     AppIdMismatch(String),
     #[error("user `{user}` lives on domain `{home}`, not on this one")]
     WrongDomain { user: String, home: String },
+    #[error("app `{0}` is a domain's link identity; its users cannot log in over WebSocket")]
+    DomainApp(String),
     #[error("no domain holds the number of user `{0}`")]
     NoHomeDomain(String),
     #[error("the auth callback said the user is not authenticated")]
@@ -61,6 +64,7 @@ impl AuthError {
             AuthError::UnknownApp(_) => "UNKNOWN_APP",
             AuthError::AppIdMismatch(_) => "APP_ID_MISMATCH",
             AuthError::WrongDomain { .. } => "WRONG_DOMAIN",
+            AuthError::DomainApp(_) => "DOMAIN_APP",
             AuthError::NoHomeDomain(_) => "NO_HOME_DOMAIN",
             AuthError::CallbackRejected => "AUTH_REJECTED",
             AuthError::CallbackTimeout(_) => "AUTH_CALLBACK_TIMEOUT",
@@ -84,6 +88,14 @@ pub fn check(network: &Network, app_id: &str, user_id: &str) -> Result<UserId, A
         .ok_or_else(|| AuthError::UnknownApp(user.app().to_owned()))?;
     if app.app_id != app_id {
         return Err(AuthError::AppIdMismatch(app.app_name.clone()));
+    }
+    if network
+        .config()
+        .domains
+        .iter()
+        .any(|d| domain_app_name(&d.name) == app.app_name)
+    {
+        return Err(AuthError::DomainApp(app.app_name.clone()));
     }
     match network.home(&user) {
         Some(Home::Local) => Ok(user),

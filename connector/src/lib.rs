@@ -10,9 +10,11 @@
 //! - [`session`]: one socket's life, from handshake to close.
 //! - [`registry`]: the table of authenticated sockets, and the loop that carries out the
 //!   processors' commands on them.
+//! - `link`: the listener for neighbouring domains' links.
 
 pub mod auth;
 mod limits;
+mod link;
 pub mod registry;
 pub mod session;
 
@@ -30,7 +32,7 @@ use tracing::{info, warn};
 use common::bus::Bus;
 use common::frame::ParseLimits;
 use common::ids::{ConnectorName, SocketId};
-use common::network::Network;
+use common::network::NetworkHandle;
 use common::presence::Presence;
 
 use crate::registry::Registry;
@@ -86,6 +88,10 @@ pub struct Config {
     pub slow_reader_timeout_ms: u64,
     /// Serve `wss://` with this certificate and key; plain `ws://` if absent.
     pub tls: Option<TlsConfig>,
+    /// Where neighbouring domains connect (the domain's `tcp://` url); no link listener if
+    /// absent. `linker domain` and `linker connector` fill it from the network config when
+    /// the domain has links.
+    pub link_listen: Option<SocketAddr>,
 }
 
 /// PEM files for `wss://`.
@@ -122,6 +128,7 @@ impl Default for Config {
             idle_timeout_ms: 90_000,
             slow_reader_timeout_ms: 10_000,
             tls: None,
+            link_listen: None,
         }
     }
 }
@@ -156,7 +163,7 @@ pub enum ConnectorError {
 pub(crate) struct Shared {
     pub config: Config,
     pub name: ConnectorName,
-    pub network: Arc<Network>,
+    pub network: Arc<NetworkHandle>,
     pub bus: Arc<dyn Bus>,
     pub presence: Arc<dyn Presence>,
     pub registry: Registry,
@@ -177,13 +184,14 @@ impl Shared {
 /// A bound connector, ready to run.
 pub struct Connector {
     listener: TcpListener,
+    links: Option<TcpListener>,
     shared: Arc<Shared>,
 }
 
 impl Connector {
     pub async fn bind(
         config: Config,
-        network: Arc<Network>,
+        network: Arc<NetworkHandle>,
         bus: Arc<dyn Bus>,
         presence: Arc<dyn Presence>,
     ) -> Result<Connector, ConnectorError> {
@@ -195,6 +203,14 @@ impl Connector {
                     addr: config.listen,
                     source,
                 })?;
+        let links = match config.link_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| ConnectorError::Bind { addr, source })?,
+            ),
+            None => None,
+        };
         let shared = Arc::new(Shared {
             name: ConnectorName::new(&config.name),
             limits: config.parse_limits(),
@@ -211,7 +227,16 @@ impl Connector {
             tls,
             next_socket: AtomicU64::new(common::now_millis() * 1000),
         });
-        Ok(Connector { listener, shared })
+        Ok(Connector {
+            listener,
+            links,
+            shared,
+        })
+    }
+
+    /// The address neighbouring domains connect to, if this connector listens for links.
+    pub fn link_addr(&self) -> Option<SocketAddr> {
+        self.links.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// The address clients connect to (useful with port 0).
@@ -232,6 +257,9 @@ impl Connector {
             shutdown.clone(),
         ));
         tasks.spawn(registry::refresh_presence(shared.clone(), shutdown.clone()));
+        if let Some(links) = self.links {
+            tasks.spawn(link::run(shared.clone(), links, shutdown.clone()));
+        }
         info!(connector = %shared.name, addr = %self.listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "accepting clients");
         let mut backoff = Duration::from_millis(10);
         loop {
@@ -251,7 +279,7 @@ impl Connector {
                         backoff = (backoff * 2).min(Duration::from_secs(1));
                     }
                 },
-                Some(_) = tasks.join_next(), if tasks.len() > 2 => {}
+                Some(_) = tasks.join_next(), if tasks.len() > 3 => {}
             }
         }
         drop(self.listener);

@@ -32,9 +32,9 @@ use tracing::{Instrument, debug, field, info, info_span, warn};
 use common::envelope::{Body, Envelope};
 use common::frame::{
     ClientBody, ClientFrame, FrameError, Rejected, out_auth_reply, out_auth_required,
-    out_general_error, out_invalid, out_invalid_reason, parse_client_frame,
+    out_auth_wrong_domain, out_general_error, out_invalid, out_invalid_reason, parse_client_frame,
 };
-use common::ids::{MessageId, SocketAddress, SocketId, UserId};
+use common::ids::{DomainName, MessageId, SocketAddress, SocketId, UserId};
 
 use crate::Shared;
 use crate::auth;
@@ -407,7 +407,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let shared = self.shared.clone();
         let checked = shared
             .auth
-            .authenticate(&shared.network, app_id, user_id, token)
+            .authenticate(&shared.network.current(), app_id, user_id, token)
             .await;
         let result = match checked {
             Ok(user) => match shared.presence.add(&user, &self.address).await {
@@ -420,8 +420,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             Ok(user) => user,
             Err(e) => {
                 info!(user = user_id, reason = e.reason(), error = %e, "authentication refused");
-                self.reply(out_auth_reply(app_id, user_id, false, Some(e.reason())))
-                    .await;
+                let reply = match &e {
+                    auth::AuthError::WrongDomain { home, .. } => {
+                        let network = shared.network.current();
+                        let url = network.ws_url(&DomainName::new(home));
+                        out_auth_wrong_domain(app_id, user_id, home, url)
+                    }
+                    _ => out_auth_reply(app_id, user_id, false, Some(e.reason())),
+                };
+                self.reply(reply).await;
                 return Some(close_frame(
                     CloseCode::Policy,
                     format!("authentication failed: {}", e.reason()),
@@ -453,7 +460,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// The envelope telling processors (and so the app's master user) that a user came or
     /// went; none for the master user itself.
     fn presence_envelope(&self, user: UserId, body: Body) -> Option<Envelope> {
-        if self.shared.network.is_master(&user) {
+        if self.shared.network.current().is_master(&user) {
             return None;
         }
         Some(Envelope {
@@ -523,7 +530,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 Body::GroupMessage { to, content }
             }
             ClientBody::CloseConnection { user_id } => {
-                if self.shared.network.master_of(&user_id).as_ref() != Some(&user) {
+                if self.shared.network.current().master_of(&user_id).as_ref() != Some(&user) {
                     let detail = format!("only the master user of {}'s app may close it", user_id);
                     return self.refuse("NOT_MASTER", &detail, reference).await;
                 }
@@ -549,7 +556,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     }
 
     fn may_message(&self, from: &UserId, to: &UserId) -> Result<(), (&'static str, String)> {
-        if self.shared.network.app(to.app()).is_none() {
+        if self.shared.network.current().app(to.app()).is_none() {
             return Err(("UNKNOWN_APP", format!("no client app named `{}`", to.app())));
         }
         if from.app() != to.app() && !self.shared.config.allow_cross_app {

@@ -11,6 +11,7 @@
 //! Logs go to stderr (`LINKER_LOG` filter, `--log-format json` for JSON); stdout says where
 //! to connect and ends with one `LINKER_READY` line that scripts and tests wait for.
 
+mod reload;
 mod settings;
 mod split;
 mod web;
@@ -28,7 +29,7 @@ use tracing::{error, info};
 use backends::{EmbeddedStore, MemoryBus, MemoryPresence};
 use common::bus::Bus;
 use common::ids::DomainName;
-use common::network::Network;
+use common::network::{Network, NetworkHandle};
 use common::presence::Presence;
 use common::store::Store;
 use connector::Connector;
@@ -258,7 +259,9 @@ async fn run(command: Command) -> Result<(), Failure> {
                 println!("config OK: {} domains", network.domains.len());
                 return Ok(());
             }
-            run_meta(network, listen).await.map_err(Failure::Run)
+            run_meta(network, config, listen)
+                .await
+                .map_err(Failure::Run)
         }
     }
 }
@@ -311,7 +314,10 @@ async fn run_domain(
     s: settings::Settings,
 ) -> anyhow::Result<()> {
     let metrics = install_metrics()?;
-    let network = Arc::new(Network::new(config.clone(), DomainName::new(&s.domain)));
+    let network = Arc::new(NetworkHandle::new(Network::new(
+        config,
+        DomainName::new(&s.domain),
+    )));
     let bus: Arc<dyn Bus> = Arc::new(MemoryBus::default());
     let presence: Arc<dyn Presence> = Arc::new(MemoryPresence::new());
     let store: Arc<dyn Store> = Arc::new(
@@ -325,14 +331,19 @@ async fn run_domain(
         presence.clone(),
     )
     .await?;
-    let processor = Processor::new(s.processor.clone(), network, bus, store, presence);
-    let meta = MetaServer::bind(s.meta_listen, config).await?;
+    let processor = Processor::new(s.processor.clone(), network.clone(), bus, store, presence);
+    let meta = MetaServer::bind(s.meta_listen, network.clone()).await?;
     let page = web::bind(s.page_listen).await?;
 
     // Handle SIGTERM before saying we are ready: a stop right after start must be clean.
     let shutdown = CancellationToken::new();
     cancel_on_signal(shutdown.clone());
+    follow_changes(&s, &network, &shutdown);
     let ws = connector.local_addr();
+    let links = connector
+        .link_addr()
+        .map(|a| format!(" links={a}"))
+        .unwrap_or_default();
     let page_addr = page.local_addr()?;
     let meta_addr = meta.local_addr();
     println!("linker domain `{}` is up", s.domain);
@@ -340,7 +351,10 @@ async fn run_domain(
     println!("  test page           http://{page_addr}/");
     println!("  meta-server         http://{meta_addr}/network");
     println!("  store               {}", s.data_dir.display());
-    println!("LINKER_READY ws={ws} page={page_addr} meta={meta_addr}");
+    if let Some(a) = connector.link_addr() {
+        println!("  domain links        tcp://{a}");
+    }
+    println!("LINKER_READY ws={ws} page={page_addr} meta={meta_addr}{links}");
 
     let mut tasks = tokio::task::JoinSet::new();
     let t = shutdown.clone();
@@ -371,10 +385,32 @@ async fn run_domain(
     result
 }
 
-async fn run_meta(config: common::config::NetworkConfig, listen: SocketAddr) -> anyhow::Result<()> {
-    let meta = MetaServer::bind(listen, config).await?;
+/// Reloads the network when the config file changes (or on SIGHUP), and follows the
+/// meta-server if one is configured.
+pub(crate) fn follow_changes(
+    s: &settings::Settings,
+    network: &Arc<NetworkHandle>,
+    shutdown: &CancellationToken,
+) {
+    if let Some(path) = &s.config_file {
+        reload::watch_file(path.clone(), network.clone(), true, shutdown.clone());
+    }
+    if let Some(url) = &s.meta_url {
+        let every = std::time::Duration::from_millis(s.meta_poll_ms.max(100));
+        reload::follow_meta(url.clone(), every, network.clone(), shutdown.clone());
+    }
+}
+
+async fn run_meta(
+    config: common::config::NetworkConfig,
+    path: PathBuf,
+    listen: SocketAddr,
+) -> anyhow::Result<()> {
+    let network = meta_server::handle(config);
+    let meta = MetaServer::bind(listen, network.clone()).await?;
     let shutdown = CancellationToken::new();
     cancel_on_signal(shutdown.clone());
+    reload::watch_file(path, network, false, shutdown.clone());
     println!("meta-server on http://{}/network", meta.local_addr());
     println!("LINKER_READY meta={}", meta.local_addr());
     meta.run(shutdown).await?;

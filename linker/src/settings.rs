@@ -30,6 +30,13 @@ pub struct Settings {
     pub engines: Engines,
     pub connector: connector::Config,
     pub processor: processor::Config,
+    /// Follow this meta-server's network (`http://host:9000`), as well as the config file.
+    pub meta_url: Option<String>,
+    /// How often `meta_url` is polled.
+    pub meta_poll_ms: u64,
+    /// The file the settings came from (reloaded when it changes); not a setting.
+    #[serde(skip)]
+    pub config_file: Option<PathBuf>,
 }
 
 /// Where the engines of a split deployment are.
@@ -77,6 +84,9 @@ impl Default for Settings {
             engines: Engines::default(),
             connector: connector::Config::default(),
             processor: processor::Config::default(),
+            meta_url: None,
+            meta_poll_ms: 2_000,
+            config_file: None,
         }
     }
 }
@@ -88,8 +98,10 @@ pub struct SettingsError(pub String);
 
 /// Top-level keys of the `linker:` section; `LINKER_*` variables outside them (`LINKER_LOG`,
 /// `LINKER_CONFIG`, test variables) are not settings.
-const SECTIONS: [&str; 8] = [
+const SECTIONS: [&str; 10] = [
     "domain",
+    "meta_url",
+    "meta_poll_ms",
     "data_dir",
     "page_listen",
     "meta_listen",
@@ -122,12 +134,13 @@ pub fn load(file: Option<&Path>) -> Result<(Option<NetworkConfig>, Settings), Se
         let top = key.as_str().split('.').next().unwrap_or_default();
         SECTIONS.contains(&top)
     });
-    let settings: Settings = figment.merge(env).extract().map_err(|e| {
+    let mut settings: Settings = figment.merge(env).extract().map_err(|e| {
         let source = file.map(|p| p.display().to_string()).unwrap_or_default();
         SettingsError(format!(
             "bad setting ({source} or LINKER_* environment): {e}"
         ))
     })?;
+    settings.config_file = file.map(Path::to_path_buf);
     Ok((network, settings))
 }
 
@@ -151,7 +164,35 @@ pub fn finish(
         )));
     }
     check_ranges(&settings)?;
+    let mut settings = settings;
+    if settings.connector.link_listen.is_none() {
+        settings.connector.link_listen = link_listen(&network, &settings.domain)?;
+    }
     Ok((network, settings))
+}
+
+/// Where a domain with links listens for them by default: its `tcp://` url (any address
+/// of this host if the url names a host rather than an IP).
+fn link_listen(network: &NetworkConfig, domain: &str) -> Result<Option<SocketAddr>, SettingsError> {
+    let linked = network
+        .domain_links
+        .iter()
+        .any(|l| l.n1 == domain || l.n2 == domain);
+    let Some(url) = network.link_url(domain).filter(|_| linked) else {
+        return Ok(None);
+    };
+    if let Ok(addr) = url.parse::<SocketAddr>() {
+        return Ok(Some(addr));
+    }
+    let port = url
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse::<u16>().ok())
+        .ok_or_else(|| {
+            SettingsError(format!(
+                "domains: tcp url `{url}` of `{domain}` has no port"
+            ))
+        })?;
+    Ok(Some(SocketAddr::from(([0, 0, 0, 0], port))))
 }
 
 /// Values that would make a process unusable (or panic) are refused at start.

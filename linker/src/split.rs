@@ -17,7 +17,7 @@ use backends::{MongoStore, RedisPresence, SplitBus, SplitBusConfig};
 use common::bus::Bus;
 use common::config::NetworkConfig;
 use common::ids::DomainName;
-use common::network::Network;
+use common::network::{Network, NetworkHandle};
 use common::presence::Presence;
 use common::store::Store;
 use connector::Connector;
@@ -91,7 +91,7 @@ async fn store(s: &Settings, shutdown: &CancellationToken) -> anyhow::Result<Arc
 struct Common {
     shutdown: CancellationToken,
     metrics: metrics_exporter_prometheus::PrometheusHandle,
-    network: Arc<Network>,
+    network: Arc<NetworkHandle>,
     bus: Arc<dyn Bus>,
     presence: Arc<dyn Presence>,
 }
@@ -100,7 +100,11 @@ async fn common(config: NetworkConfig, s: &Settings) -> anyhow::Result<Common> {
     let shutdown = CancellationToken::new();
     crate::cancel_on_signal(shutdown.clone());
     let metrics = crate::install_metrics()?;
-    let network = Arc::new(Network::new(config, DomainName::new(&s.domain)));
+    let network = Arc::new(NetworkHandle::new(Network::new(
+        config,
+        DomainName::new(&s.domain),
+    )));
+    crate::follow_changes(s, &network, &shutdown);
     let bus = bus(s, &shutdown).await?;
     let presence = presence(s, &shutdown).await?;
     Ok(Common {
@@ -144,8 +148,12 @@ pub async fn run_connector(config: NetworkConfig, s: Settings) -> anyhow::Result
         s.connector.name, s.domain
     );
     println!("  clients connect to  ws://{}/ws", connector.local_addr());
+    let links = connector
+        .link_addr()
+        .map(|a| format!(" links={a}"))
+        .unwrap_or_default();
     println!(
-        "LINKER_READY ws={} metrics={}",
+        "LINKER_READY ws={} metrics={}{links}",
         connector.local_addr(),
         http.local_addr()?
     );

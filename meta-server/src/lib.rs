@@ -2,7 +2,8 @@
 //!
 //! Endpoints: `/network` (the whole config), the original system's `/domains`,
 //! `/domains/links`, `/domains/graph` and `/clientApps`, `/users/{userId}/domain` (a user's
-//! home domain) and `/health`. It only reads; the config is validated before it gets here.
+//! home domain) and `/health`. It only reads, from a [`NetworkHandle`]: whoever reloads the
+//! config swaps the network there, and the next request sees it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use common::config::NetworkConfig;
 use common::ids::{DomainName, UserId};
-use common::network::Network;
+use common::network::{Network, NetworkHandle};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetaError {
@@ -31,14 +32,18 @@ pub enum MetaError {
     Serve(std::io::Error),
 }
 
-/// The HTTP routes over a network config.
-pub fn router(config: NetworkConfig) -> Router {
+/// A handle on `config` for a meta-server of its own (the domain it names first is "local").
+pub fn handle(config: NetworkConfig) -> Arc<NetworkHandle> {
     let local = config
         .domains
         .first()
         .map(|d| DomainName::new(&d.name))
         .unwrap_or_else(|| DomainName::new("-"));
-    let network = Arc::new(Network::new(config, local));
+    Arc::new(NetworkHandle::new(Network::new(config, local)))
+}
+
+/// The HTTP routes over the current network.
+pub fn router(network: Arc<NetworkHandle>) -> Router {
     Router::new()
         .route("/health", get(|| async { "ok" }))
         .route("/network", get(whole))
@@ -50,29 +55,31 @@ pub fn router(config: NetworkConfig) -> Router {
         .with_state(network)
 }
 
-type Net = State<Arc<Network>>;
+type Net = State<Arc<NetworkHandle>>;
 
 async fn whole(State(n): Net) -> Json<NetworkConfig> {
-    Json(n.config().clone())
+    Json(n.current().config().clone())
 }
 
 async fn client_apps(State(n): Net) -> Response {
-    Json(&n.config().client_apps).into_response()
+    Json(&n.current().config().client_apps).into_response()
 }
 
 async fn domains(State(n): Net) -> Response {
-    Json(&n.config().domains).into_response()
+    Json(&n.current().config().domains).into_response()
 }
 
 async fn links(State(n): Net) -> Response {
-    Json(&n.config().domain_links).into_response()
+    Json(&n.current().config().domain_links).into_response()
 }
 
 async fn graph(State(n): Net) -> Response {
+    let n = n.current();
     Json(json!({"domains": n.config().domains, "links": n.config().domain_links})).into_response()
 }
 
 async fn user_domain(State(n): Net, Path(user_id): Path<String>) -> Response {
+    let n = n.current();
     let user = match UserId::parse(&user_id) {
         Ok(u) => u,
         Err(e) => {
@@ -106,7 +113,11 @@ pub struct MetaServer {
 }
 
 impl MetaServer {
-    pub async fn bind(listen: SocketAddr, config: NetworkConfig) -> Result<MetaServer, MetaError> {
+    /// Binds `listen`, serving whatever `network` holds.
+    pub async fn bind(
+        listen: SocketAddr,
+        network: Arc<NetworkHandle>,
+    ) -> Result<MetaServer, MetaError> {
         let listener = TcpListener::bind(listen)
             .await
             .map_err(|source| MetaError::Bind {
@@ -115,7 +126,7 @@ impl MetaServer {
             })?;
         Ok(MetaServer {
             listener,
-            router: router(config),
+            router: router(network),
         })
     }
 

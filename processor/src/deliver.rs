@@ -4,7 +4,8 @@
 //! needed (RELIABLE, or a confirmation was asked for) the connector answers once the frame is
 //! written; a user none of whose sockets took a RELIABLE frame gets it stored, and a FAST one
 //! is dropped and counted. A confirmation goes to the sender once per message, however many
-//! sockets took it, and travels RELIABLE.
+//! sockets took it, and travels RELIABLE. Users of other domains get the same, relayed to
+//! their domain (see `route`).
 
 use std::collections::HashMap;
 
@@ -12,11 +13,12 @@ use serde_json::value::RawValue;
 use tracing::debug;
 
 use common::bus::BusError;
-use common::envelope::{Confirm, ConnectorCommand, StoredMessage, Target};
+use common::envelope::{Confirm, ConnectorCommand, Relayed, RelayedMessage, StoredMessage, Target};
 use common::frame::{Feature, out_confirmation, out_message};
-use common::ids::{ConnectorName, MessageId, SocketAddress, UserId};
+use common::ids::{ConnectorName, DomainName, MessageId, SocketAddress, UserId};
+use common::network::Home;
 
-use crate::{ProcessError, Processor, route};
+use crate::{ProcessError, Processor};
 
 /// The parts of an envelope every handler needs.
 pub struct Meta {
@@ -53,7 +55,6 @@ impl Processor {
         to: UserId,
         content: &RawValue,
     ) -> Result<(), ProcessError> {
-        route::local(&self.network, &to)?;
         let stored = StoredMessage {
             id: meta.id,
             frame: out_message(&meta.from, content, meta.reference.as_deref()),
@@ -65,12 +66,26 @@ impl Processor {
     }
 
     /// Delivers `message` to its user's sockets; stores it if none took it and it is
-    /// RELIABLE; confirms to the sender if it was delivered and a confirmation is due.
+    /// RELIABLE; confirms to the sender if it was delivered and a confirmation is due. A
+    /// user of another domain gets it relayed there, where the same happens.
     pub(crate) async fn deliver_or_store(
         &self,
         message: StoredMessage,
         feature: Feature,
     ) -> Result<(), ProcessError> {
+        if let Home::Remote(home) = self.home(&message.to)? {
+            let to = message.to.clone();
+            let what = Relayed::Deliver {
+                to: vec![to.clone()],
+                message: RelayedMessage {
+                    id: message.id,
+                    created_at: message.created_at,
+                    frame: message.frame,
+                    confirm: message.confirm,
+                },
+            };
+            return self.relay(message.id, to, feature, home, what).await;
+        }
         let sockets = self.presence.lookup(&message.to).await?;
         let report = feature == Feature::Reliable || message.confirm.is_some();
         let written = !sockets.is_empty()
@@ -188,31 +203,67 @@ impl Processor {
 
     /// GROUP_MESSAGE: one MESSAGE frame (with the sender's reference) to every recipient;
     /// one command per connector; RELIABLE recipients who did not take it get it stored.
-    /// No confirmation, as in the original protocol.
+    /// Recipients of other domains get one relay per domain. No confirmation, as in the
+    /// original protocol.
     pub(crate) async fn group(
         &self,
         meta: Meta,
         to: &[UserId],
         content: &RawValue,
     ) -> Result<(), ProcessError> {
+        let mut local = Vec::with_capacity(to.len());
+        let mut remote: Vec<(DomainName, Vec<UserId>)> = Vec::new();
         for user in to {
-            route::local(&self.network, user)?;
+            match self.home(user)? {
+                Home::Local => local.push(user.clone()),
+                Home::Remote(d) => match remote.iter_mut().find(|(h, _)| *h == d) {
+                    Some((_, users)) => users.push(user.clone()),
+                    None => remote.push((d, vec![user.clone()])),
+                },
+            }
         }
         let frame = out_message(&meta.from, content, meta.reference.as_deref());
+        for (home, users) in remote {
+            let what = Relayed::Deliver {
+                to: users,
+                message: RelayedMessage {
+                    id: meta.id,
+                    created_at: meta.created_at,
+                    frame: frame.clone(),
+                    confirm: None,
+                },
+            };
+            self.relay(meta.id, meta.from.clone(), meta.feature, home, what)
+                .await?;
+        }
+        self.fan_out(meta.id, meta.feature, meta.created_at, &frame, &local)
+            .await
+    }
+
+    /// Writes one frame to the sockets of local users `to`, one command per connector;
+    /// stores it for RELIABLE recipients none of whose sockets took it.
+    pub(crate) async fn fan_out(
+        &self,
+        id: MessageId,
+        feature: Feature,
+        created_at: u64,
+        frame: &str,
+        to: &[UserId],
+    ) -> Result<(), ProcessError> {
         let mut sockets = Vec::new();
         for user in to {
             for s in self.presence.lookup(user).await? {
                 sockets.push((user, s));
             }
         }
-        let report = meta.feature == Feature::Reliable;
+        let report = feature == Feature::Reliable;
         let mut took: Vec<&UserId> = Vec::new();
         for (connector, targets) in by_connector(sockets.iter().map(|(u, s)| (*u, s))) {
             let command = ConnectorCommand::Deliver {
                 targets: targets.clone(),
-                frame: frame.clone(),
-                feature: meta.feature,
-                id: Some(meta.id),
+                frame: frame.to_owned(),
+                feature,
+                id: Some(id),
             };
             let written = self.send(&connector, command, report).await;
             for (target, ok) in targets.iter().zip(written) {
@@ -225,14 +276,14 @@ impl Processor {
             if took.contains(&user) {
                 continue;
             }
-            match meta.feature {
+            match feature {
                 Feature::Reliable => {
                     self.store
                         .persist(&StoredMessage {
-                            id: meta.id,
+                            id,
                             to: user.clone(),
-                            created_at: meta.created_at,
-                            frame: frame.clone(),
+                            created_at,
+                            frame: frame.to_owned(),
                             confirm: None,
                         })
                         .await?;

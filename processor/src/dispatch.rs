@@ -92,6 +92,12 @@ async fn work(p: Arc<Processor>, mut rx: mpsc::Receiver<Inbound>, shutdown: Canc
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 async fn tell_sender(p: &Processor, envelope: &Envelope, e: &ProcessError) {
+    if matches!(envelope.body, Body::Relay(_)) {
+        // Its sender is on another domain; there is no socket here to tell.
+        warn!(id = %envelope.id, reason = e.reason(), error = %e, "relay not carried out");
+        metrics::counter!("linker_processor_failed_total", "reason" => e.reason()).increment(1);
+        return;
+    }
     warn!(user = %envelope.from, reason = e.reason(), error = %e, "envelope not delivered nor stored; telling the sender");
     metrics::counter!("linker_processor_failed_total", "reason" => e.reason()).increment(1);
     let frame = out_general_error(e.reason(), &e.to_string(), envelope.reference.as_deref());
@@ -151,6 +157,7 @@ impl Processor {
             }
             Body::UserConnected => self.user_event(meta, true).await,
             Body::UserDisconnected => self.user_event(meta, false).await,
+            Body::Relay(_) => self.relayed(envelope).await,
         }
     }
 }

@@ -3,20 +3,21 @@
 //! USER_CONNECTED/USER_DISCONNECTED go to the app's master user (never about the master
 //! itself), RELIABLE, so an offline master fetches them later. CLOSE_CONNECTION closes every
 //! socket of the target; it is a control action and never stored, so it cannot replay and
-//! close a later session.
+//! close a later session. Both reach users and masters of other domains by relay.
 
 use tracing::{info, warn};
 
-use common::envelope::{ConnectorCommand, StoredMessage};
+use common::envelope::{ConnectorCommand, Relayed, StoredMessage};
 use common::frame::{Feature, out_user_event};
-use common::ids::UserId;
+use common::ids::{MessageId, UserId};
+use common::network::Home;
 
 use crate::deliver::{Meta, by_connector};
 use crate::{ProcessError, Processor};
 
 impl Processor {
     pub(crate) async fn user_event(&self, meta: Meta, connected: bool) -> Result<(), ProcessError> {
-        let Some(master) = self.network.master_of(&meta.from) else {
+        let Some(master) = self.network.current().master_of(&meta.from) else {
             return Ok(());
         };
         if master == meta.from {
@@ -34,9 +35,15 @@ impl Processor {
 
     pub(crate) async fn close(&self, from: UserId, user: UserId) -> Result<(), ProcessError> {
         // The connector checked this already; a processor does not trust the bus blindly.
-        if self.network.master_of(&user).as_ref() != Some(&from) {
+        if self.network.current().master_of(&user).as_ref() != Some(&from) {
             warn!(from = %from, target = %user, "CLOSE_CONNECTION from a non-master ignored");
             return Ok(());
+        }
+        if let Home::Remote(home) = self.home(&user)? {
+            // Never stored, like a local close: a FAST relay, gone if no path is up.
+            let id = MessageId::new();
+            let what = Relayed::Close { user };
+            return self.relay(id, from, Feature::Fast, home, what).await;
         }
         let sockets = self.presence.lookup(&user).await?;
         info!(master = %from, target = %user, sockets = sockets.len(), "closing user's sockets");

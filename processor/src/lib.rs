@@ -7,7 +7,9 @@
 //!
 //! Layout:
 //! - [`dispatch`]: the worker pool and the per-envelope dispatch.
-//! - [`route`]: whether a target lives here.
+//! - [`route`]: whether a target lives here, and relaying to the domain where it does.
+//! - [`links`]: the TCP links to neighbouring domains.
+//! - [`outbox`]: relays waiting for a path, kept in the store and sent when one is back.
 //! - [`deliver`]: writing a frame to a user's sockets, storing it when that fails,
 //!   confirmations, group fan-out.
 //! - [`fetch`]: FETCH_MISSING_MESSAGES_REQUEST under the per-user lock.
@@ -17,6 +19,8 @@ pub mod deliver;
 pub mod dispatch;
 pub mod events;
 pub mod fetch;
+pub mod links;
+pub mod outbox;
 pub mod route;
 
 use std::sync::Arc;
@@ -26,7 +30,10 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use common::bus::{Bus, BusError};
-use common::network::Network;
+use common::network::NetworkHandle;
+use std::sync::atomic::AtomicBool;
+
+use crate::links::{LinkTimings, Links};
 use common::presence::{Presence, PresenceError};
 use common::store::{Store, StoreError};
 
@@ -48,6 +55,15 @@ pub struct Config {
     pub fetch_lock_wait_ms: u64,
     /// Most messages one fetch returns.
     pub max_fetch_count: u32,
+    /// Longest wait for a neighbouring domain to connect, answer HELLO, or ACK an envelope.
+    pub link_timeout_ms: u64,
+    /// A link with no traffic for this long is pinged; no answer within `link_timeout_ms`
+    /// more and it counts as down.
+    pub link_ping_ms: u64,
+    /// Longest wait between two dials of a link that is down.
+    pub link_max_backoff_ms: u64,
+    /// How often the outbox (relays waiting for a path) is tried when no link came up.
+    pub outbox_retry_ms: u64,
 }
 
 impl Default for Config {
@@ -60,6 +76,10 @@ impl Default for Config {
             fetch_lock_ttl_ms: 60_000,
             fetch_lock_wait_ms: 5_000,
             max_fetch_count: 2000,
+            link_timeout_ms: 5_000,
+            link_ping_ms: 5_000,
+            link_max_backoff_ms: 5_000,
+            outbox_retry_ms: 2_000,
         }
     }
 }
@@ -71,6 +91,14 @@ impl Config {
 
     pub fn fetch_lock_ttl(&self) -> Duration {
         Duration::from_millis(self.fetch_lock_ttl_ms)
+    }
+
+    pub fn link_timings(&self) -> LinkTimings {
+        LinkTimings {
+            timeout: Duration::from_millis(self.link_timeout_ms),
+            ping: Duration::from_millis(self.link_ping_ms),
+            max_backoff: Duration::from_millis(self.link_max_backoff_ms),
+        }
     }
 }
 
@@ -114,31 +142,45 @@ impl ProcessError {
 /// What every worker shares.
 pub struct Processor {
     pub(crate) config: Config,
-    pub(crate) network: Arc<Network>,
+    pub(crate) network: Arc<NetworkHandle>,
     pub(crate) bus: Arc<dyn Bus>,
     pub(crate) store: Arc<dyn Store>,
     pub(crate) presence: Arc<dyn Presence>,
+    pub(crate) links: Arc<Links>,
+    /// Set while this processor's outbox may hold relays: new relays queue behind them.
+    pub(crate) outbox_pending: AtomicBool,
 }
 
 impl Processor {
     pub fn new(
         config: Config,
-        network: Arc<Network>,
+        network: Arc<NetworkHandle>,
         bus: Arc<dyn Bus>,
         store: Arc<dyn Store>,
         presence: Arc<dyn Presence>,
     ) -> Processor {
+        let links = Arc::new(Links::new(network.clone(), config.link_timings()));
         Processor {
             config,
             network,
             bus,
             store,
             presence,
+            links,
+            outbox_pending: AtomicBool::new(true),
         }
     }
 
-    /// Consumes and handles envelopes until `shutdown`; queued work is finished first.
+    /// Consumes and handles envelopes until `shutdown`; queued work is finished first. Keeps
+    /// the links to neighbouring domains up, and the outbox moving, meanwhile.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), ProcessError> {
-        dispatch::run(Arc::new(self), shutdown).await
+        let p = Arc::new(self);
+        let network = tokio::spawn(outbox::follow_network(p.clone(), shutdown.clone()));
+        let outbox = tokio::spawn(outbox::run(p.clone(), shutdown.clone()));
+        let result = dispatch::run(p.clone(), shutdown).await;
+        p.links.stop();
+        network.abort();
+        outbox.abort();
+        result
     }
 }
