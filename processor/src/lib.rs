@@ -149,6 +149,8 @@ pub struct Processor {
     pub(crate) links: Arc<Links>,
     /// Set while this processor's outbox may hold relays: new relays queue behind them.
     pub(crate) outbox_pending: AtomicBool,
+    /// Wakes the outbox task when a relay is kept.
+    pub(crate) outbox_kept: tokio::sync::Notify,
 }
 
 impl Processor {
@@ -168,6 +170,7 @@ impl Processor {
             presence,
             links,
             outbox_pending: AtomicBool::new(true),
+            outbox_kept: tokio::sync::Notify::new(),
         }
     }
 

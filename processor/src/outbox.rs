@@ -2,8 +2,9 @@
 //!
 //! A relay for domain D waits in the store, in the queue of user 0 of D's domain client app
 //! (`domain4-0` for `domain-04`): the store is durable and ordered already, and no WebSocket
-//! client can log in as a domain app's user, so nobody fetches it. The outbox is tried
-//! whenever a link goes up or down, and every `outbox_retry_ms`; each domain's queue goes out
+//! client can log in as a domain app's user, so nobody fetches it. The outbox is tried at
+//! start, as soon as a relay is kept, whenever a link goes up or down, and every
+//! `outbox_retry_ms`; each domain's queue goes out
 //! oldest first, under that queue's lock (processors of a domain share it), and stops at the
 //! first relay that still finds no way, to keep the order. While the outbox may hold relays,
 //! new RELIABLE relays queue behind them.
@@ -47,6 +48,7 @@ impl Processor {
         self.outbox_pending.store(true, Ordering::Release);
         self.store.persist(&kept).await?;
         metrics::counter!("linker_outbox_kept_total").increment(1);
+        self.outbox_kept.notify_one();
         Ok(())
     }
 
@@ -115,18 +117,20 @@ impl Processor {
     }
 }
 
-/// Tries the outbox when a link changes, and every `outbox_retry_ms`.
+/// Tries the outbox at start, when a relay is kept, when a link goes up or down, and every
+/// `outbox_retry_ms`.
 pub(crate) async fn run(p: Arc<Processor>, shutdown: CancellationToken) {
     let mut changes = p.links.changes();
     let retry = Duration::from_millis(p.config.outbox_retry_ms.max(10));
     loop {
+        if let Err(e) = p.drain_outbox().await {
+            warn!(error = %e, "outbox not drained; trying again later");
+        }
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = changes.changed() => {}
+            _ = p.outbox_kept.notified() => {}
             _ = tokio::time::sleep(retry) => {}
-        }
-        if let Err(e) = p.drain_outbox().await {
-            warn!(error = %e, "outbox not drained; trying again later");
         }
     }
 }

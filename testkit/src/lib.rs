@@ -5,6 +5,7 @@
 //! - [`client`]: a WebSocket test client with bounded waits and a `sync` barrier.
 //! - [`contracts`]: what every Bus, Store and Presence backend must do, run per engine.
 //! - [`deployment`]: the `Deployment` trait and `Embedded` (one `linker domain` process).
+//! - [`network`]: several domains (one `linker domain` each) and a meta-server.
 //! - [`process`]: one `linker` child process, killable and restartable.
 //! - [`scenarios`]: protocol scenarios, each a function over a `Deployment`.
 //! - [`split`]: connectors and processors as separate processes on the real engines.
@@ -12,6 +13,7 @@
 pub mod client;
 pub mod contracts;
 pub mod deployment;
+pub mod network;
 pub mod process;
 pub mod scenarios;
 pub mod split;

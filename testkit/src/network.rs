@@ -1,0 +1,270 @@
+//! A network of domains for the tests: one `linker domain` process per domain and one
+//! `linker meta-server`, on loopback ports picked at start.
+//!
+//! [`DomainNet::ring`] is the 4-domain ring of seed 004 (`domain-01`..`domain-04`, links 1-2,
+//! 2-3, 3-4, 1-4) with its ranges of app `ANZ`. Each domain keeps its ports and its store
+//! across a kill and restart, so the others reach it again at the same `tcp://` url. The
+//! network file can be rewritten ([`DomainNet::write_network`]): every process watches its
+//! config file and reloads it.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::Context;
+
+use crate::deployment::Deployment;
+use crate::process::LinkerProcess;
+
+/// First user number of each domain's range in [`DomainNet::ring`] (and of `domain-05`,
+/// which tests may add).
+pub const RANGE_START: [u64; 5] = [0, 1_000_000, 3_000_000, 6_000_000, 7_000_000];
+
+/// One domain: its ports and process (none while killed).
+struct Domain {
+    name: String,
+    ws_port: u16,
+    link_port: u16,
+    config: PathBuf,
+    process: LinkerProcess,
+}
+
+pub struct DomainNet {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    domains: Vec<Domain>,
+    meta: LinkerProcess,
+    meta_config: PathBuf,
+}
+
+/// A port nobody listens on now.
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Process settings of one domain: fast link timings so failures show within a second.
+fn linker_section(name: &str, data: &Path, ws_port: u16) -> String {
+    format!(
+        "linker:\n  domain: {name}\n  data_dir: {data}\n  page_listen: 127.0.0.1:0\n  meta_listen: 127.0.0.1:0\n  connector:\n    listen: 127.0.0.1:{ws_port}\n    auth_deadline_ms: 3000\n  processor:\n    link_timeout_ms: 2000\n    link_ping_ms: 500\n    link_max_backoff_ms: 300\n    outbox_retry_ms: 300\n",
+        data = data.display(),
+    )
+}
+
+impl DomainNet {
+    /// The 4-domain ring of seed 004, every domain up.
+    pub async fn ring(bin: &Path) -> anyhow::Result<DomainNet> {
+        let dir = tempfile::tempdir()?;
+        let mut ports = Vec::new();
+        for _ in 0..4 {
+            ports.push((free_port()?, free_port()?));
+        }
+        let names: Vec<String> = (1..=4).map(|i| format!("domain-0{i}")).collect();
+        let links = [(0, 1), (1, 2), (2, 3), (0, 3)];
+        let yaml = network_yaml(&names, &ports, &links);
+        let meta_config = dir.path().join("network.yaml");
+        std::fs::write(&meta_config, &yaml)?;
+        let meta_arg = meta_config.display().to_string();
+        let meta = LinkerProcess::start(
+            bin,
+            &[
+                "meta-server",
+                "--config",
+                &meta_arg,
+                "--listen",
+                "127.0.0.1:0",
+            ],
+            &dir.path().join("meta.log"),
+        )
+        .await?;
+        let mut net = DomainNet {
+            dir,
+            bin: bin.to_owned(),
+            domains: Vec::new(),
+            meta,
+            meta_config,
+        };
+        for (name, (ws_port, link_port)) in names.iter().zip(ports) {
+            net.start_domain(name, ws_port, link_port, &yaml).await?;
+        }
+        Ok(net)
+    }
+
+    /// Starts domain `name` on the given ports with network `yaml`.
+    async fn start_domain(
+        &mut self,
+        name: &str,
+        ws_port: u16,
+        link_port: u16,
+        yaml: &str,
+    ) -> anyhow::Result<()> {
+        let config = self.dir.path().join(format!("{name}.yaml"));
+        let data = self.dir.path().join(name);
+        std::fs::write(
+            &config,
+            format!("{yaml}\n{}", linker_section(name, &data, ws_port)),
+        )?;
+        let arg = config.display().to_string();
+        let process = LinkerProcess::start(
+            &self.bin,
+            &["domain", "--config", &arg],
+            &self.dir.path().join(format!("{name}.log")),
+        )
+        .await
+        .with_context(|| format!("start {name}"))?;
+        self.domains.push(Domain {
+            name: name.to_owned(),
+            ws_port,
+            link_port,
+            config,
+            process,
+        });
+        Ok(())
+    }
+
+    /// The network as YAML with one more domain, linked to the domains at `links_to`, owning
+    /// the users from [`RANGE_START`]`[4]` on; and the ports it will use.
+    pub fn with_domain_05(&self, links_to: &[usize]) -> anyhow::Result<(String, u16, u16)> {
+        let mut names: Vec<String> = self.domains.iter().map(|d| d.name.clone()).collect();
+        let mut ports: Vec<(u16, u16)> = self
+            .domains
+            .iter()
+            .map(|d| (d.ws_port, d.link_port))
+            .collect();
+        let new = (free_port()?, free_port()?);
+        names.push("domain-05".into());
+        ports.push(new);
+        let mut links = vec![(0, 1), (1, 2), (2, 3), (0, 3)];
+        links.extend(links_to.iter().map(|i| (*i, 4)));
+        Ok((network_yaml(&names, &ports, &links), new.0, new.1))
+    }
+
+    /// Rewrites every process's config with network `yaml`; each reloads it by itself.
+    pub fn write_network(&self, yaml: &str) -> anyhow::Result<()> {
+        std::fs::write(&self.meta_config, yaml)?;
+        for d in &self.domains {
+            let data = self.dir.path().join(&d.name);
+            std::fs::write(
+                &d.config,
+                format!("{yaml}\n{}", linker_section(&d.name, &data, d.ws_port)),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Starts `domain-05` (see [`DomainNet::with_domain_05`]) on network `yaml`.
+    pub async fn start_domain_05(
+        &mut self,
+        yaml: &str,
+        ws_port: u16,
+        link_port: u16,
+    ) -> anyhow::Result<()> {
+        self.start_domain("domain-05", ws_port, link_port, yaml)
+            .await
+    }
+
+    /// The meta-server's address (`host:port`).
+    pub fn meta_addr(&self) -> String {
+        self.meta.ready("meta").unwrap_or_default()
+    }
+
+    /// The meta-server's config file.
+    pub fn meta_config(&self) -> &Path {
+        &self.meta_config
+    }
+
+    /// The meta-server process (to signal it).
+    pub fn meta_process(&mut self) -> &mut LinkerProcess {
+        &mut self.meta
+    }
+
+    /// The test page / metrics address of domain `i`.
+    pub fn page_addr(&self, i: usize) -> String {
+        self.domains[i].process.ready("page").unwrap_or_default()
+    }
+
+    /// SIGKILL of domain `i`.
+    pub async fn kill(&mut self, i: usize) -> anyhow::Result<()> {
+        self.domains[i].process.kill().await
+    }
+
+    /// Starts domain `i` again on the same ports and store.
+    pub async fn restart(&mut self, i: usize) -> anyhow::Result<()> {
+        self.domains[i].process.restart().await
+    }
+
+    /// A user id of app ANZ living on domain `i` that no other test uses.
+    pub fn user(&self, i: usize) -> String {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed) % 1000;
+        let pid = u64::from(std::process::id()) % 500;
+        format!("ANZ-{}", RANGE_START[i] + 100_000 + pid * 1000 + n)
+    }
+
+    /// The meta-server's whole log.
+    pub fn meta_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("meta.log")).unwrap_or_default()
+    }
+
+    /// Every process's log tail.
+    pub fn logs(&self) -> String {
+        let mut text = self.meta.log_tail();
+        for d in &self.domains {
+            text.push('\n');
+            text.push_str(&d.process.log_tail());
+        }
+        text
+    }
+}
+
+impl Deployment for DomainNet {
+    /// Connector `i` is domain `i`'s (its users must log in there).
+    fn ws_url(&self, i: usize) -> String {
+        let d = &self.domains[i % self.domains.len()];
+        format!("ws://127.0.0.1:{}/ws", d.ws_port)
+    }
+
+    fn connectors(&self) -> usize {
+        self.domains.len()
+    }
+
+    fn metrics_addrs(&self) -> Vec<String> {
+        (0..self.domains.len()).map(|i| self.page_addr(i)).collect()
+    }
+
+    fn diagnostics(&self) -> String {
+        self.logs()
+    }
+}
+
+/// The network file: domains on loopback ports, their domain apps, app ANZ (master
+/// `ANZ-123223` on domain-01) and BNZ, and the seed's ranges (domain-04 ends where a fifth
+/// domain would start).
+fn network_yaml(names: &[String], ports: &[(u16, u16)], links: &[(usize, usize)]) -> String {
+    let mut y = String::from("domains:\n");
+    for (name, (ws, link)) in names.iter().zip(ports) {
+        y +=
+            &format!("  - name: {name}\n    urls: [ws://127.0.0.1:{ws}, tcp://127.0.0.1:{link}]\n");
+    }
+    y += "domainLinks:\n";
+    for (a, b) in links {
+        y += &format!("  - n1: {}\n    n2: {}\n", names[*a], names[*b]);
+    }
+    y += "clientApps:\n";
+    for name in names {
+        let app = common::config::domain_app_name(name);
+        y += &format!(
+            "  - appName: {app}\n    appId: {app}\n    masterUserId: {app}-1\n    authEnabled: false\n"
+        );
+    }
+    y += "  - appName: ANZ\n    appId: app-id-343\n    masterUserId: ANZ-123223\n    authEnabled: false\n";
+    y += "userDistributions:\n";
+    for (i, name) in names.iter().enumerate() {
+        let to = match RANGE_START.get(i + 1) {
+            Some(next) if i + 1 < names.len() => format!("\n    to: {}", next - 1),
+            _ => String::new(),
+        };
+        y += &format!("  - domainName: {name}\n    from: {}{to}\n", RANGE_START[i]);
+    }
+    y
+}
