@@ -31,7 +31,6 @@ use tokio_util::sync::CancellationToken;
 
 use common::bus::{Bus, BusError};
 use common::network::NetworkHandle;
-use std::sync::atomic::AtomicBool;
 
 use crate::links::{LinkTimings, Links};
 use common::presence::{Presence, PresenceError};
@@ -147,8 +146,6 @@ pub struct Processor {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) presence: Arc<dyn Presence>,
     pub(crate) links: Arc<Links>,
-    /// Set while this processor's outbox may hold relays: new relays queue behind them.
-    pub(crate) outbox_pending: AtomicBool,
     /// Wakes the outbox task when a relay is kept.
     pub(crate) outbox_kept: tokio::sync::Notify,
 }
@@ -169,7 +166,6 @@ impl Processor {
             store,
             presence,
             links,
-            outbox_pending: AtomicBool::new(true),
             outbox_kept: tokio::sync::Notify::new(),
         }
     }

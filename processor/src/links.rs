@@ -1,8 +1,9 @@
 //! This processor's links to the neighbouring domains.
 //!
 //! One task per neighbour dials the `tcp://` url of that domain's connector, says `HELLO` as
-//! this domain's client app, and then carries envelopes: each one sent is numbered and its
-//! sender waits for the neighbour's `ACK`. A link that fails (refused, closed, no answer to a
+//! this domain's client app, and then carries envelopes in the order they were queued: each
+//! one is numbered, and a sender that asked hears the neighbour's `ACK` (the outbox asks;
+//! FAST relays do not). A link that fails (refused, closed, no answer to a
 //! ping, an `ACK` overdue) is marked down at once, every envelope waiting on it fails (its
 //! sender re-routes it or keeps it in the outbox), and the task dials again with backoff.
 //! Whoever watches [`Links::changes`] hears of every link that goes up or down.
@@ -49,8 +50,12 @@ pub struct LinkTimings {
 
 struct Outgoing {
     envelope: Envelope,
-    done: oneshot::Sender<Result<(), LinkError>>,
+    /// Told of the neighbour's ACK; `None` for an envelope nobody waits for (FAST).
+    done: Option<oneshot::Sender<Result<(), LinkError>>>,
 }
+
+/// The answer to an envelope handed to a link, to be awaited.
+pub type Acked = oneshot::Receiver<Result<(), LinkError>>;
 
 struct Neighbour {
     tx: mpsc::Sender<Outgoing>,
@@ -137,24 +142,50 @@ impl Links {
         }
     }
 
-    /// Sends `envelope` to neighbour `to` and waits for its ACK.
-    pub async fn send(&self, to: &DomainName, envelope: Envelope) -> Result<(), LinkError> {
-        let tx = {
-            let neighbours = self.lock();
-            match neighbours.get(to) {
-                Some(n) if n.up.load(Ordering::Acquire) => n.tx.clone(),
-                _ => return Err(LinkError::Down(to.clone())),
-            }
-        };
-        let (done, result) = oneshot::channel();
-        tx.send(Outgoing { envelope, done })
-            .await
-            .map_err(|_| LinkError::Down(to.clone()))?;
-        match tokio::time::timeout(self.timings.timeout * 2, result).await {
+    /// The sending side of an up link to `to`.
+    fn up_link(&self, to: &DomainName) -> Result<mpsc::Sender<Outgoing>, LinkError> {
+        match self.lock().get(to) {
+            Some(n) if n.up.load(Ordering::Acquire) => Ok(n.tx.clone()),
+            _ => Err(LinkError::Down(to.clone())),
+        }
+    }
+
+    /// Queues `envelope` for neighbour `to`, in order after those queued before; the
+    /// receiver hears the neighbour's ACK (or why not). Wait for it with [`Links::acked`].
+    pub async fn start_send(
+        &self,
+        to: &DomainName,
+        envelope: Envelope,
+    ) -> Result<Acked, LinkError> {
+        let tx = self.up_link(to)?;
+        let (done, acked) = oneshot::channel();
+        tx.send(Outgoing {
+            envelope,
+            done: Some(done),
+        })
+        .await
+        .map_err(|_| LinkError::Down(to.clone()))?;
+        Ok(acked)
+    }
+
+    /// Waits for the answer to an envelope sent to `to`, at most twice the link timeout.
+    pub async fn acked(&self, to: &DomainName, acked: Acked) -> Result<(), LinkError> {
+        match tokio::time::timeout(self.timings.timeout * 2, acked).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(LinkError::Down(to.clone())),
             Err(_) => Err(LinkError::TimedOut(to.clone())),
         }
+    }
+
+    /// Queues `envelope` for neighbour `to` without waiting for its ACK (FAST: gone if the
+    /// link fails).
+    pub fn post(&self, to: &DomainName, envelope: Envelope) -> Result<(), LinkError> {
+        self.up_link(to)?
+            .try_send(Outgoing {
+                envelope,
+                done: None,
+            })
+            .map_err(|_| LinkError::Down(to.clone()))
     }
 
     fn changed(&self, domain: &DomainName, up: bool) {
@@ -196,7 +227,9 @@ async fn dial(
                 links.changed(&domain, false);
                 // Whatever was queued for the link fails now; senders take another way.
                 while let Ok(o) = rx.try_recv() {
-                    let _ = o.done.send(Err(LinkError::Down(domain.clone())));
+                    if let Some(done) = o.done {
+                        let _ = done.send(Err(LinkError::Down(domain.clone())));
+                    }
                 }
             }
             Err(e) => debug!(%domain, error = %e, "link not up; dialing again in {backoff:?}"),
@@ -274,10 +307,14 @@ async fn carry(
                 next_seq += 1;
                 let frame = LinkFrame::Envelope { seq: next_seq, envelope: Box::new(envelope) };
                 if link.send(frame.encode()).await.is_err() {
-                    let _ = done.send(Err(LinkError::Down(domain.clone())));
+                    if let Some(done) = done {
+                        let _ = done.send(Err(LinkError::Down(domain.clone())));
+                    }
                     break "write failed";
                 }
-                pending.insert(next_seq, done);
+                if let Some(done) = done {
+                    pending.insert(next_seq, done);
+                }
                 if pending.len() > MAX_UNACKED {
                     break "too many envelopes without an ACK";
                 }

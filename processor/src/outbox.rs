@@ -1,4 +1,4 @@
-//! The outbox: RELIABLE relays that found no way to their domain, kept until one is back.
+//! The outbox: every RELIABLE relay for another domain, kept until its next hop has it.
 //!
 //! A relay for domain D waits in the store, in the queue of user 0 of D's domain client app
 //! (`domain4-0` for `domain-04`): the store is durable and ordered already, and no WebSocket
@@ -6,11 +6,11 @@
 //! start, as soon as a relay is kept, whenever a link goes up or down, and every
 //! `outbox_retry_ms`; each domain's queue goes out
 //! oldest first, under that queue's lock (processors of a domain share it), and stops at the
-//! first relay that still finds no way, to keep the order. While the outbox may hold relays,
-//! new RELIABLE relays queue behind them.
+//! first relay that still finds no way, to keep the order. A relay leaves the store only once
+//! its next hop has answered that the relay is safe there, so a crash on either side loses
+//! nothing; a relay sent twice is recognised by its id at the far end.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -23,8 +23,11 @@ use common::presence::PresenceError;
 
 use crate::{ProcessError, Processor};
 
-/// Relays sent per store read.
-const BATCH: usize = 100;
+/// Relays of one queue on the wire at once.
+const WINDOW: usize = 64;
+
+/// Wait before trying a queue another processor was sending.
+const BUSY_RETRY: Duration = Duration::from_millis(50);
 
 /// The store key of the outbox of relays for `domain`.
 fn outbox_user(domain: &str) -> Result<UserId, ProcessError> {
@@ -33,7 +36,7 @@ fn outbox_user(domain: &str) -> Result<UserId, ProcessError> {
 }
 
 impl Processor {
-    /// Keeps a relay in the outbox until a path is back.
+    /// Keeps a relay in the outbox; the outbox task sends it.
     pub(crate) async fn outbox_push(&self, envelope: &Envelope) -> Result<(), ProcessError> {
         let Body::Relay(relay) = &envelope.body else {
             return Ok(());
@@ -45,18 +48,18 @@ impl Processor {
             frame: serde_json::to_string(envelope).expect("envelopes are plain data"),
             confirm: None,
         };
-        self.outbox_pending.store(true, Ordering::Release);
         self.store.persist(&kept).await?;
         metrics::counter!("linker_outbox_kept_total").increment(1);
         self.outbox_kept.notify_one();
         Ok(())
     }
 
-    /// Sends what the outbox holds while paths allow; true if it is empty now.
-    pub(crate) async fn drain_outbox(&self) -> Result<bool, ProcessError> {
+    /// Sends what the outbox holds while paths allow. `Busy` if another processor holds a
+    /// queue's lock.
+    pub(crate) async fn drain_outbox(&self) -> Result<Drained, ProcessError> {
         let network = self.network.current();
         let local = network.local_domain().clone();
-        let mut empty = true;
+        let mut drained = Drained::Empty;
         for domain in &network.config().domains {
             if domain.name == local.as_str() {
                 continue;
@@ -66,66 +69,94 @@ impl Processor {
             let token = match self.presence.lock(&user, ttl, Duration::ZERO).await {
                 Ok(token) => token,
                 Err(PresenceError::LockTimeout(..)) => {
-                    empty = false; // another processor is on it
+                    drained = Drained::Busy;
                     continue;
                 }
-                Err(e) => {
-                    self.outbox_pending.store(true, Ordering::Release);
-                    return Err(e.into());
-                }
+                Err(e) => return Err(e.into()),
             };
-            let drained = self.drain_queue(&user).await;
+            let result = self.drain_queue(&user).await;
             if let Err(e) = self.presence.unlock(&user, token).await {
                 warn!(user = %user, error = %e, "outbox lock not released; it expires by itself");
             }
-            match drained {
-                Ok(true) => {}
-                Ok(false) => empty = false,
-                Err(e) => {
-                    self.outbox_pending.store(true, Ordering::Release);
-                    return Err(e);
-                }
+            if !result? && drained == Drained::Empty {
+                drained = Drained::Waiting;
             }
         }
-        // A relay kept while the last queue was read is sent by the next periodic try.
-        self.outbox_pending.store(!empty, Ordering::Release);
-        Ok(empty)
+        Ok(drained)
     }
 
-    /// Sends one domain's queue in order; true if it is empty now.
+    /// Sends one domain's queue in order, up to `WINDOW` relays at a time on the wire; true
+    /// if it is empty now. A relay leaves the store once its next hop has ACKed it; the first
+    /// one that finds no way or gets no ACK stops the round, and it and everything after it
+    /// stay (a later one the far side has already is recognised there when sent again).
     async fn drain_queue(&self, user: &UserId) -> Result<bool, ProcessError> {
         loop {
-            let fetched = self.store.fetch(user, BATCH).await?;
+            let fetched = self.store.fetch(user, WINDOW).await?;
             if fetched.messages.is_empty() {
                 return Ok(true);
             }
+            let mut in_flight = Vec::with_capacity(fetched.messages.len());
             for kept in fetched.messages {
-                match serde_json::from_str::<Envelope>(&kept.frame) {
-                    Ok(envelope) => {
-                        if let Err(why) = self.send_on(&envelope).await {
-                            debug!(outbox = %user, why, "outbox waits");
-                            return Ok(false);
-                        }
-                        info!(outbox = %user, id = %envelope.id, "relay left the outbox");
-                        metrics::counter!("linker_outbox_sent_total").increment(1);
+                let envelope = match serde_json::from_str::<Envelope>(&kept.frame) {
+                    Ok(envelope) => envelope,
+                    Err(e) => {
+                        warn!(outbox = %user, error = %e, "unreadable relay dropped");
+                        self.store.remove(user, kept.id).await?;
+                        continue;
                     }
-                    Err(e) => warn!(outbox = %user, error = %e, "unreadable relay dropped"),
+                };
+                let Some(next) = self.next_hop(&envelope) else {
+                    debug!(outbox = %user, "no path; the outbox waits");
+                    break;
+                };
+                match self.links.start_send(&next, envelope).await {
+                    Ok(acked) => in_flight.push((kept.id, next, acked)),
+                    Err(e) => {
+                        debug!(outbox = %user, error = %e, "the outbox waits");
+                        break;
+                    }
                 }
-                self.store.remove(user, kept.id).await?;
+            }
+            if in_flight.is_empty() {
+                return Ok(false);
+            }
+            for (id, next, acked) in in_flight {
+                if let Err(e) = self.links.acked(&next, acked).await {
+                    debug!(outbox = %user, error = %e, "relay not taken; the outbox waits");
+                    return Ok(false);
+                }
+                self.store.remove(user, id).await?;
+                metrics::counter!("linker_outbox_sent_total").increment(1);
             }
         }
     }
+}
+
+/// How a try of the outbox ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Drained {
+    /// Nothing left.
+    Empty,
+    /// Relays wait for a path.
+    Waiting,
+    /// Another processor is sending a queue; try again soon.
+    Busy,
 }
 
 /// Tries the outbox at start, when a relay is kept, when a link goes up or down, and every
 /// `outbox_retry_ms`.
 pub(crate) async fn run(p: Arc<Processor>, shutdown: CancellationToken) {
     let mut changes = p.links.changes();
-    let retry = Duration::from_millis(p.config.outbox_retry_ms.max(10));
+    let every = Duration::from_millis(p.config.outbox_retry_ms.max(10));
     loop {
-        if let Err(e) = p.drain_outbox().await {
-            warn!(error = %e, "outbox not drained; trying again later");
-        }
+        let retry = match p.drain_outbox().await {
+            Ok(Drained::Busy) => every.min(BUSY_RETRY),
+            Ok(_) => every,
+            Err(e) => {
+                warn!(error = %e, "outbox not drained; trying again later");
+                every
+            }
+        };
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = changes.changed() => {}

@@ -4,9 +4,11 @@
 //! envelope whose id is derived from the message id and the home domain, so a relay that
 //! arrives twice (sent again after a link failed) is recognised there. A relay goes to the
 //! next hop of a shortest path over the links that are up, never back through a domain it
-//! has passed, and at most `MAX_HOPS` hops. The next hop answers once the relay is safe on
-//! its side; if no path is left or the hop fails, a RELIABLE relay waits in the outbox and a
-//! FAST one is dropped and counted.
+//! has passed, and at most `MAX_HOPS` hops. A RELIABLE relay is kept in the outbox first and
+//! leaves it once the next hop answers that it is safe there (see `outbox`), so no worker
+//! ever waits on another domain, and two domains relaying to each other cannot hold each
+//! other up. A FAST relay goes straight to the next hop, or is dropped and counted if no
+//! path is up.
 //!
 //! A relay's `from` is the user whose order it keeps: the recipient of a delivery (so the
 //! far domain handles one recipient's relays in order), the sender of a group message, the
@@ -62,8 +64,8 @@ impl Processor {
         self.forward(envelope).await
     }
 
-    /// Passes a relay on to its next hop; keeps it in the outbox (RELIABLE) or drops it
-    /// (FAST) if that fails.
+    /// Passes a relay on: a RELIABLE one through the outbox (kept, then sent and kept until
+    /// the next hop has it), a FAST one straight to the next hop, or dropped if none is up.
     pub(crate) async fn forward(&self, mut envelope: Envelope) -> Result<(), ProcessError> {
         let network = self.network.current();
         let local = network.local_domain().clone();
@@ -79,44 +81,31 @@ impl Processor {
             relay.via.push(local);
         }
         envelope.hops += 1;
-        let reliable = envelope.feature == Feature::Reliable;
-        if reliable
-            && self
-                .outbox_pending
-                .load(std::sync::atomic::Ordering::Acquire)
-        {
-            // Older relays are waiting: this one queues behind them, to keep order.
+        if envelope.feature == Feature::Reliable {
+            // Kept first, sent by the outbox: a worker never waits on another domain.
             return self.outbox_push(&envelope).await;
         }
-        match self.send_on(&envelope).await {
-            Ok(()) => Ok(()),
-            Err(why) if reliable => {
-                debug!(id = %envelope.id, why, "relay kept in the outbox");
-                self.outbox_push(&envelope).await
-            }
-            Err(why) => {
-                debug!(id = %envelope.id, why, "FAST relay dropped");
-                metrics::counter!("linker_relays_dropped_total", "reason" => "no_path")
-                    .increment(1);
-                Ok(())
-            }
+        let posted = match self.next_hop(&envelope) {
+            Some(next) => self.links.post(&next, envelope).map_err(|e| e.to_string()),
+            None => Err("no path".to_owned()),
+        };
+        if let Err(why) = posted {
+            debug!(why, "FAST relay dropped");
+            metrics::counter!("linker_relays_dropped_total", "reason" => "no_path").increment(1);
         }
+        Ok(())
     }
 
-    /// One try to hand a relay to its next hop; why not, if it failed.
-    pub(crate) async fn send_on(&self, envelope: &Envelope) -> Result<(), String> {
+    /// The neighbour a relay goes to next: the first step of a shortest path over the links
+    /// that are up, not back through a domain it has passed.
+    pub(crate) fn next_hop(&self, envelope: &Envelope) -> Option<DomainName> {
         let Body::Relay(relay) = &envelope.body else {
-            return Err("not a relay".into());
+            return None;
         };
-        let network = self.network.current();
         let down = self.links.down();
-        let Some(next) = network.next_hop(&relay.home, &down, &relay.via) else {
-            return Err(format!("no path to `{}`", relay.home));
-        };
-        self.links
-            .send(&next, envelope.clone())
-            .await
-            .map_err(|e| e.to_string())
+        self.network
+            .current()
+            .next_hop(&relay.home, &down, &relay.via)
     }
 
     /// A relay that arrived here: carried out if its users live here, else passed on.

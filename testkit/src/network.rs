@@ -36,11 +36,24 @@ pub struct DomainNet {
     meta_config: PathBuf,
 }
 
-/// A port nobody listens on now.
+/// A port nobody listens on now, for a process started later. Taken below the kernel's
+/// ephemeral range (32768 and up), where ports given out for port 0 and for outgoing
+/// connections never land in the meantime, and away from the test engines' ports.
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let engines = [14222, 16379, 19092, 19093, 27018];
+    for _ in 0..1000 {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let seed = u64::from(std::process::id()).wrapping_mul(7919) + n * 104_729;
+        let port = 20_000 + (seed % 12_000) as u16;
+        if engines.contains(&port) {
+            continue;
+        }
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    anyhow::bail!("no free port between 20000 and 32000")
 }
 
 /// Process settings of one domain: fast link timings so failures show within a second.
@@ -87,7 +100,31 @@ impl DomainNet {
         for (name, (ws_port, link_port)) in names.iter().zip(ports) {
             net.start_domain(name, ws_port, link_port, &yaml).await?;
         }
+        for (i, links) in [2, 2, 2, 2].into_iter().enumerate() {
+            net.wait_linked(i, links).await?;
+        }
         Ok(net)
+    }
+
+    /// Waits until domain `i`'s processor has `links` links up (its `linker_link_up` gauges).
+    pub async fn wait_linked(&self, i: usize, links: usize) -> anyhow::Result<()> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let (_, text) = crate::http_get(&self.page_addr(i), "/metrics").await?;
+            let up = text
+                .lines()
+                .filter(|l| l.starts_with("linker_link_up{") && l.ends_with(" 1"))
+                .count();
+            if up >= links {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "domain {i} has {up} of {links} links up\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
     }
 
     /// Starts domain `name` on the given ports with network `yaml`.
