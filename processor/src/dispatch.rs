@@ -122,11 +122,12 @@ impl Processor {
         if self.presence.is_processed(envelope.id).await? {
             debug!(id = %envelope.id, "redelivered envelope already processed; skipped");
             metrics::counter!("linker_processor_redelivered_skipped_total").increment(1);
-            return Ok(());
+        } else {
+            self.handle(envelope).await?;
+            self.presence.mark_processed(envelope.id).await?;
         }
-        self.handle(envelope).await?;
-        self.presence.mark_processed(envelope.id).await?;
-        Ok(())
+        // The origin of a relay handled here hears of it, even of one handled before.
+        self.send_receipt(envelope).await
     }
 
     /// Handles one envelope: delivered or stored, else an error.

@@ -63,6 +63,9 @@ pub struct Config {
     pub link_max_backoff_ms: u64,
     /// How often the outbox (relays waiting for a path) is tried when no link came up.
     pub outbox_retry_ms: u64,
+    /// A relay sent from here is sent again if its home domain's receipt has not come
+    /// within this long (a domain on the way may have crashed with it).
+    pub relay_receipt_timeout_ms: u64,
 }
 
 impl Default for Config {
@@ -79,6 +82,7 @@ impl Default for Config {
             link_ping_ms: 5_000,
             link_max_backoff_ms: 5_000,
             outbox_retry_ms: 2_000,
+            relay_receipt_timeout_ms: 10_000,
         }
     }
 }
@@ -148,6 +152,9 @@ pub struct Processor {
     pub(crate) links: Arc<Links>,
     /// Wakes the outbox task when a relay is kept.
     pub(crate) outbox_kept: tokio::sync::Notify,
+    /// Relays sent from here that wait for their home domain's receipt, and when they went.
+    pub(crate) in_transit:
+        std::sync::Mutex<std::collections::HashMap<common::ids::MessageId, std::time::Instant>>,
 }
 
 impl Processor {
@@ -167,6 +174,7 @@ impl Processor {
             presence,
             links,
             outbox_kept: tokio::sync::Notify::new(),
+            in_transit: std::sync::Mutex::default(),
         }
     }
 

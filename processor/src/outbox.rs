@@ -6,19 +6,22 @@
 //! start, as soon as a relay is kept, whenever a link goes up or down, and every
 //! `outbox_retry_ms`; each domain's queue goes out
 //! oldest first, under that queue's lock (processors of a domain share it), and stops at the
-//! first relay that still finds no way, to keep the order. A relay leaves the store only once
-//! its next hop has answered that the relay is safe there, so a crash on either side loses
-//! nothing; a relay sent twice is recognised by its id at the far end.
+//! first relay that still finds no way, to keep the order. A relay passing through leaves the
+//! store once its next hop has answered that the relay is safe there; a relay that started
+//! here leaves it only with the home domain's receipt, and is sent again (by the path up
+//! then) if the receipt is late. So a crash anywhere on the way loses nothing; a relay sent
+//! twice is recognised by its id at the far end.
 
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use common::config::domain_app_name;
 use common::envelope::{Body, Envelope, StoredMessage};
-use common::ids::UserId;
+use common::ids::{DomainName, MessageId, UserId};
 use common::presence::PresenceError;
 
 use crate::{ProcessError, Processor};
@@ -59,6 +62,10 @@ impl Processor {
     pub(crate) async fn drain_outbox(&self) -> Result<Drained, ProcessError> {
         let network = self.network.current();
         let local = network.local_domain().clone();
+        // A receipt taken by another processor of the domain leaves an entry here; forget
+        // entries long overdue (one still in the store is just sent again).
+        let stale = Duration::from_millis(self.config.relay_receipt_timeout_ms) * 3;
+        self.in_transit().retain(|_, sent| sent.elapsed() < stale);
         let mut drained = Drained::Empty;
         for domain in &network.config().domains {
             if domain.name == local.as_str() {
@@ -86,17 +93,32 @@ impl Processor {
     }
 
     /// Sends one domain's queue in order, up to `WINDOW` relays at a time on the wire; true
-    /// if it is empty now. A relay leaves the store once its next hop has ACKed it; the first
-    /// one that finds no way or gets no ACK stops the round, and it and everything after it
-    /// stay (a later one the far side has already is recognised there when sent again).
+    /// if it is empty now. A relay passing through leaves the store once its next hop has
+    /// ACKed it; a relay that started here stays until the home domain's receipt, and is sent
+    /// again if none comes within `relay_receipt_timeout_ms`. The first relay that finds no
+    /// way or gets no ACK stops the round, and it and everything after it stay (one the far
+    /// side has already is recognised there when sent again).
     async fn drain_queue(&self, user: &UserId) -> Result<bool, ProcessError> {
+        let local = self.network.current().local_domain().clone();
+        let receipt_timeout = Duration::from_millis(self.config.relay_receipt_timeout_ms);
         loop {
-            let fetched = self.store.fetch(user, WINDOW).await?;
+            let waiting = self.in_transit().len();
+            let fetched = self.store.fetch(user, waiting + WINDOW).await?;
             if fetched.messages.is_empty() {
                 return Ok(true);
             }
-            let mut in_flight = Vec::with_capacity(fetched.messages.len());
+            let mut in_flight = Vec::with_capacity(WINDOW);
             for kept in fetched.messages {
+                if in_flight.len() == WINDOW {
+                    break;
+                }
+                if self
+                    .in_transit()
+                    .get(&kept.id)
+                    .is_some_and(|sent| sent.elapsed() < receipt_timeout)
+                {
+                    continue; // sent; its receipt is not due yet
+                }
                 let envelope = match serde_json::from_str::<Envelope>(&kept.frame) {
                     Ok(envelope) => envelope,
                     Err(e) => {
@@ -105,12 +127,18 @@ impl Processor {
                         continue;
                     }
                 };
+                let mine =
+                    matches!(&envelope.body, Body::Relay(r) if r.via.first() == Some(&local));
                 let Some(next) = self.next_hop(&envelope) else {
                     debug!(outbox = %user, "no path; the outbox waits");
                     break;
                 };
+                if self.in_transit().contains_key(&kept.id) {
+                    debug!(outbox = %user, id = %kept.id, "no receipt in time; sending again");
+                    metrics::counter!("linker_relays_resent_total").increment(1);
+                }
                 match self.links.start_send(&next, envelope).await {
-                    Ok(acked) => in_flight.push((kept.id, next, acked)),
+                    Ok(acked) => in_flight.push((kept.id, mine, next, acked)),
                     Err(e) => {
                         debug!(outbox = %user, error = %e, "the outbox waits");
                         break;
@@ -120,15 +148,40 @@ impl Processor {
             if in_flight.is_empty() {
                 return Ok(false);
             }
-            for (id, next, acked) in in_flight {
+            for (id, mine, next, acked) in in_flight {
                 if let Err(e) = self.links.acked(&next, acked).await {
                     debug!(outbox = %user, error = %e, "relay not taken; the outbox waits");
                     return Ok(false);
                 }
-                self.store.remove(user, id).await?;
                 metrics::counter!("linker_outbox_sent_total").increment(1);
+                if mine {
+                    self.in_transit().insert(id, Instant::now());
+                } else {
+                    self.store.remove(user, id).await?;
+                }
             }
         }
+    }
+
+    /// The relays this processor sent and waits receipts for, with when they were sent.
+    fn in_transit(&self) -> std::sync::MutexGuard<'_, HashMap<MessageId, Instant>> {
+        self.in_transit
+            .lock()
+            .expect("no code panics while holding the in-transit lock")
+    }
+
+    /// Receipts from domain `from`: its relays are handled there, and leave the outbox.
+    pub(crate) async fn outbox_received(
+        &self,
+        from: &DomainName,
+        ids: &[MessageId],
+    ) -> Result<(), ProcessError> {
+        let user = outbox_user(from.as_str())?;
+        for id in ids {
+            self.store.remove(&user, *id).await?;
+            self.in_transit().remove(id);
+        }
+        Ok(())
     }
 }
 

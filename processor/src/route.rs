@@ -10,6 +10,10 @@
 //! other up. A FAST relay goes straight to the next hop, or is dropped and counted if no
 //! path is up.
 //!
+//! The origin of a RELIABLE relay keeps it until the home domain sends a receipt, and sends
+//! it again (by whatever path is up then) if none comes in time: a domain that takes a relay
+//! and crashes before passing it on delays it, but does not lose it.
+//!
 //! A relay's `from` is the user whose order it keeps: the recipient of a delivery (so the
 //! far domain handles one recipient's relays in order), the sender of a group message, the
 //! master user of a close.
@@ -134,6 +138,40 @@ impl Processor {
                 }
             },
             Relayed::Close { user } => self.close(envelope.from.clone(), user.clone()).await,
+            Relayed::Receipt { ids } => {
+                let Some(from) = relay.via.first() else {
+                    return Ok(());
+                };
+                self.outbox_received(from, ids).await
+            }
         }
+    }
+
+    /// Tells the origin of a RELIABLE relay handled here (now, or before: a relay sent again)
+    /// that it may forget it. A FAST relay of its own: a lost receipt only means the origin
+    /// sends the relay again, which is recognised here.
+    pub(crate) async fn send_receipt(&self, envelope: &Envelope) -> Result<(), ProcessError> {
+        let Body::Relay(relay) = &envelope.body else {
+            return Ok(());
+        };
+        let local = self.network.current().local_domain().clone();
+        let (Some(origin), true) = (relay.via.first(), envelope.feature == Feature::Reliable)
+        else {
+            return Ok(());
+        };
+        if relay.home != local || matches!(relay.what, Relayed::Receipt { .. }) {
+            return Ok(());
+        }
+        let what = Relayed::Receipt {
+            ids: vec![envelope.id],
+        };
+        self.relay(
+            envelope.id.derive("receipt"),
+            envelope.from.clone(),
+            Feature::Fast,
+            origin.clone(),
+            what,
+        )
+        .await
     }
 }

@@ -59,7 +59,7 @@ fn free_port() -> anyhow::Result<u16> {
 /// Process settings of one domain: fast link timings so failures show within a second.
 fn linker_section(name: &str, data: &Path, ws_port: u16) -> String {
     format!(
-        "linker:\n  domain: {name}\n  data_dir: {data}\n  page_listen: 127.0.0.1:0\n  meta_listen: 127.0.0.1:0\n  connector:\n    listen: 127.0.0.1:{ws_port}\n    auth_deadline_ms: 3000\n  processor:\n    link_timeout_ms: 2000\n    link_ping_ms: 500\n    link_max_backoff_ms: 300\n    outbox_retry_ms: 300\n",
+        "linker:\n  domain: {name}\n  data_dir: {data}\n  page_listen: 127.0.0.1:0\n  meta_listen: 127.0.0.1:0\n  connector:\n    listen: 127.0.0.1:{ws_port}\n    auth_deadline_ms: 3000\n  processor:\n    link_timeout_ms: 2000\n    link_ping_ms: 500\n    link_max_backoff_ms: 300\n    outbox_retry_ms: 300\n    relay_receipt_timeout_ms: 2000\n",
         data = data.display(),
     )
 }
