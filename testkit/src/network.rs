@@ -2,7 +2,10 @@
 //! `linker meta-server`, on loopback ports picked at start.
 //!
 //! [`DomainNet::ring`] is the 4-domain ring of seed 004 (`domain-01`..`domain-04`, links 1-2,
-//! 2-3, 3-4, 1-4) with its ranges of app `ANZ`. Each domain keeps its ports and its store
+//! 2-3, 3-4, 1-4) with its ranges of app `ANZ`. [`DomainNet::ring_with_split`] runs one of
+//! its domains in split mode instead (a `linker processor` and a `linker connector` on the
+//! real engines), with domain names of its own so that the engines' topics and keys of
+//! different runs never meet. Each domain keeps its ports and its store
 //! across a kill and restart, so the others reach it again at the same `tcp://` url. The
 //! network file can be rewritten ([`DomainNet::write_network`]): every process watches its
 //! config file and reloads it.
@@ -19,13 +22,14 @@ use crate::process::LinkerProcess;
 /// which tests may add).
 pub const RANGE_START: [u64; 5] = [0, 1_000_000, 3_000_000, 6_000_000, 7_000_000];
 
-/// One domain: its ports and process (none while killed).
+/// One domain: its ports and processes (`linker domain`, or processor then connector).
 struct Domain {
     name: String,
     ws_port: u16,
     link_port: u16,
     config: PathBuf,
-    process: LinkerProcess,
+    processes: Vec<LinkerProcess>,
+    split: bool,
 }
 
 pub struct DomainNet {
@@ -56,23 +60,51 @@ fn free_port() -> anyhow::Result<u16> {
     anyhow::bail!("no free port between 20000 and 32000")
 }
 
-/// Process settings of one domain: fast link timings so failures show within a second.
-fn linker_section(name: &str, data: &Path, ws_port: u16) -> String {
-    format!(
-        "linker:\n  domain: {name}\n  data_dir: {data}\n  page_listen: 127.0.0.1:0\n  meta_listen: 127.0.0.1:0\n  connector:\n    listen: 127.0.0.1:{ws_port}\n    auth_deadline_ms: 3000\n  processor:\n    link_timeout_ms: 2000\n    link_ping_ms: 500\n    link_max_backoff_ms: 300\n    outbox_retry_ms: 300\n    relay_receipt_timeout_ms: 2000\n",
+/// Process settings of one domain: fast link timings so failures show within a second;
+/// the engines of split mode if `split`.
+fn linker_section(name: &str, data: &Path, ws_port: u16, split: bool) -> anyhow::Result<String> {
+    let mut y = format!(
+        "linker:\n  domain: {name}\n  data_dir: {data}\n  page_listen: 127.0.0.1:0\n  meta_listen: 127.0.0.1:0\n  metrics_listen: 127.0.0.1:0\n  connector:\n    listen: 127.0.0.1:{ws_port}\n    auth_deadline_ms: 3000\n    presence_refresh_ms: 1000\n  processor:\n    link_timeout_ms: 2000\n    link_ping_ms: 500\n    link_max_backoff_ms: 300\n    outbox_retry_ms: 300\n    relay_receipt_timeout_ms: 2000\n",
         data = data.display(),
-    )
+    );
+    if split {
+        let e = crate::split::Engines::from_env()?;
+        y += &format!(
+            "  engines:\n    nats_url: {}\n    kafka_brokers: {}\n    kafka_partitions: 2\n    redis_url: {}\n    mongo_url: {}\n    presence_ttl_ms: 3000\n",
+            e.nats, e.kafka, e.redis, e.mongo
+        );
+    }
+    Ok(y)
 }
 
 impl DomainNet {
     /// The 4-domain ring of seed 004, every domain up.
     pub async fn ring(bin: &Path) -> anyhow::Result<DomainNet> {
+        Self::start_ring(bin, "domain", None).await
+    }
+
+    /// The ring with domain `split` (0-based) in split mode on the real engines. Its domains
+    /// are named `r<unique>-01`.. so that no other run shares their topics and keys.
+    pub async fn ring_with_split(bin: &Path, split: usize) -> anyhow::Result<DomainNet> {
+        let prefix = format!(
+            "r{}p{}",
+            common::now_millis() % 100_000_000,
+            std::process::id()
+        );
+        Self::start_ring(bin, &prefix, Some(split)).await
+    }
+
+    async fn start_ring(
+        bin: &Path,
+        prefix: &str,
+        split: Option<usize>,
+    ) -> anyhow::Result<DomainNet> {
         let dir = tempfile::tempdir()?;
         let mut ports = Vec::new();
         for _ in 0..4 {
             ports.push((free_port()?, free_port()?));
         }
-        let names: Vec<String> = (1..=4).map(|i| format!("domain-0{i}")).collect();
+        let names: Vec<String> = (1..=4).map(|i| format!("{prefix}-0{i}")).collect();
         let links = [(0, 1), (1, 2), (2, 3), (0, 3)];
         let yaml = network_yaml(&names, &ports, &links);
         let meta_config = dir.path().join("network.yaml");
@@ -97,8 +129,9 @@ impl DomainNet {
             meta,
             meta_config,
         };
-        for (name, (ws_port, link_port)) in names.iter().zip(ports) {
-            net.start_domain(name, ws_port, link_port, &yaml).await?;
+        for (i, (name, (ws_port, link_port))) in names.iter().zip(ports).enumerate() {
+            net.start_domain(name, ws_port, link_port, &yaml, split == Some(i))
+                .await?;
         }
         for (i, links) in [2, 2, 2, 2].into_iter().enumerate() {
             net.wait_linked(i, links).await?;
@@ -127,34 +160,43 @@ impl DomainNet {
         }
     }
 
-    /// Starts domain `name` on the given ports with network `yaml`.
+    /// Starts domain `name` on the given ports with network `yaml`: one `linker domain`, or
+    /// with `split` a `linker processor` and a `linker connector`.
     async fn start_domain(
         &mut self,
         name: &str,
         ws_port: u16,
         link_port: u16,
         yaml: &str,
+        split: bool,
     ) -> anyhow::Result<()> {
         let config = self.dir.path().join(format!("{name}.yaml"));
         let data = self.dir.path().join(name);
         std::fs::write(
             &config,
-            format!("{yaml}\n{}", linker_section(name, &data, ws_port)),
+            format!("{yaml}\n{}", linker_section(name, &data, ws_port, split)?),
         )?;
         let arg = config.display().to_string();
-        let process = LinkerProcess::start(
-            &self.bin,
-            &["domain", "--config", &arg],
-            &self.dir.path().join(format!("{name}.log")),
-        )
-        .await
-        .with_context(|| format!("start {name}"))?;
+        let roles: &[&str] = if split {
+            &["processor", "connector"]
+        } else {
+            &["domain"]
+        };
+        let mut processes = Vec::new();
+        for role in roles {
+            let log = self.dir.path().join(format!("{name}-{role}.log"));
+            let p = LinkerProcess::start(&self.bin, &[role, "--config", &arg], &log)
+                .await
+                .with_context(|| format!("start {role} of {name}"))?;
+            processes.push(p);
+        }
         self.domains.push(Domain {
             name: name.to_owned(),
             ws_port,
             link_port,
             config,
-            process,
+            processes,
+            split,
         });
         Ok(())
     }
@@ -169,7 +211,8 @@ impl DomainNet {
             .map(|d| (d.ws_port, d.link_port))
             .collect();
         let new = (free_port()?, free_port()?);
-        names.push("domain-05".into());
+        let prefix = names[0].trim_end_matches("-01").to_owned();
+        names.push(format!("{prefix}-05"));
         ports.push(new);
         let mut links = vec![(0, 1), (1, 2), (2, 3), (0, 3)];
         links.extend(links_to.iter().map(|i| (*i, 4)));
@@ -181,10 +224,8 @@ impl DomainNet {
         std::fs::write(&self.meta_config, yaml)?;
         for d in &self.domains {
             let data = self.dir.path().join(&d.name);
-            std::fs::write(
-                &d.config,
-                format!("{yaml}\n{}", linker_section(&d.name, &data, d.ws_port)),
-            )?;
+            let section = linker_section(&d.name, &data, d.ws_port, d.split)?;
+            std::fs::write(&d.config, format!("{yaml}\n{section}"))?;
         }
         Ok(())
     }
@@ -196,7 +237,8 @@ impl DomainNet {
         ws_port: u16,
         link_port: u16,
     ) -> anyhow::Result<()> {
-        self.start_domain("domain-05", ws_port, link_port, yaml)
+        let prefix = self.domains[0].name.trim_end_matches("-01").to_owned();
+        self.start_domain(&format!("{prefix}-05"), ws_port, link_port, yaml, false)
             .await
     }
 
@@ -215,19 +257,34 @@ impl DomainNet {
         &mut self.meta
     }
 
-    /// The test page / metrics address of domain `i`.
+    /// Where domain `i`'s processor serves `/metrics` (the page server of `linker domain`).
     pub fn page_addr(&self, i: usize) -> String {
-        self.domains[i].process.ready("page").unwrap_or_default()
+        let first = &self.domains[i].processes[0];
+        first
+            .ready("page")
+            .or_else(|_| first.ready("metrics"))
+            .unwrap_or_default()
     }
 
-    /// SIGKILL of domain `i`.
+    /// The name of domain `i`.
+    pub fn name(&self, i: usize) -> &str {
+        &self.domains[i].name
+    }
+
+    /// SIGKILL of every process of domain `i`.
     pub async fn kill(&mut self, i: usize) -> anyhow::Result<()> {
-        self.domains[i].process.kill().await
+        for p in &mut self.domains[i].processes {
+            p.kill().await?;
+        }
+        Ok(())
     }
 
     /// Starts domain `i` again on the same ports and store.
     pub async fn restart(&mut self, i: usize) -> anyhow::Result<()> {
-        self.domains[i].process.restart().await
+        for p in &mut self.domains[i].processes {
+            p.restart().await?;
+        }
+        Ok(())
     }
 
     /// A user id of app ANZ living on domain `i` that no other test uses.
@@ -246,9 +303,9 @@ impl DomainNet {
     /// Every process's log tail.
     pub fn logs(&self) -> String {
         let mut text = self.meta.log_tail();
-        for d in &self.domains {
+        for p in self.domains.iter().flat_map(|d| &d.processes) {
             text.push('\n');
-            text.push_str(&d.process.log_tail());
+            text.push_str(&p.log_tail());
         }
         text
     }
