@@ -72,7 +72,7 @@ impl Processor {
                 continue;
             }
             let user = outbox_user(&domain.name)?;
-            let ttl = self.config.fetch_lock_ttl();
+            let ttl = self.outbox_lock_ttl();
             let token = match self.presence.lock(&user, ttl, Duration::ZERO).await {
                 Ok(token) => token,
                 Err(PresenceError::LockTimeout(..)) => {
@@ -81,7 +81,7 @@ impl Processor {
                 }
                 Err(e) => return Err(e.into()),
             };
-            let result = self.drain_queue(&user).await;
+            let result = self.drain_queue(&user, ttl / 2).await;
             if let Err(e) = self.presence.unlock(&user, token).await {
                 warn!(user = %user, error = %e, "outbox lock not released; it expires by itself");
             }
@@ -98,10 +98,15 @@ impl Processor {
     /// again if none comes within `relay_receipt_timeout_ms`. The first relay that finds no
     /// way or gets no ACK stops the round, and it and everything after it stay (one the far
     /// side has already is recognised there when sent again).
-    async fn drain_queue(&self, user: &UserId) -> Result<bool, ProcessError> {
+    async fn drain_queue(&self, user: &UserId, budget: Duration) -> Result<bool, ProcessError> {
         let local = self.network.current().local_domain().clone();
         let receipt_timeout = Duration::from_millis(self.config.relay_receipt_timeout_ms);
+        let started = Instant::now();
         loop {
+            if started.elapsed() > budget {
+                // Well inside the lock's life; the next round goes on from here.
+                return Ok(false);
+            }
             let waiting = self.in_transit().len();
             let fetched = self.store.fetch(user, waiting + WINDOW).await?;
             if fetched.messages.is_empty() {
@@ -161,6 +166,12 @@ impl Processor {
                 }
             }
         }
+    }
+
+    /// How long a processor may hold an outbox queue: long enough for a few rounds of ACKs,
+    /// short enough that a queue whose holder died (or lost its lock engine) moves on soon.
+    fn outbox_lock_ttl(&self) -> Duration {
+        Duration::from_millis(self.config.link_timeout_ms.max(1_000) * 4)
     }
 
     /// The relays this processor sent and waits receipts for, with when they were sent.
