@@ -175,6 +175,24 @@ impl KafkaBus {
     }
 
     /// Waits up to `timeout` for records still on their way to the broker.
+    /// `Ok` if a broker answers a metadata request for the inbound topic within `timeout`.
+    pub async fn ready(&self, timeout: Duration) -> Result<(), BusError> {
+        let producer = self.producer();
+        let topic = self.topic.clone();
+        match tokio::task::spawn_blocking(move || {
+            producer.client().fetch_metadata(Some(&topic), timeout)
+        })
+        .await
+        {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(unavailable(
+                &format!("{} does not answer", self.config.kafka_brokers),
+                e,
+            )),
+            Err(e) => Err(unavailable("metadata request", e)),
+        }
+    }
+
     pub async fn flush(&self, timeout: Duration) {
         let producer = self.producer();
         let flushed = tokio::task::spawn_blocking(move || producer.flush(timeout)).await;

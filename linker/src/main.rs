@@ -318,6 +318,11 @@ async fn run_domain(
         EmbeddedStore::open(&s.data_dir)
             .with_context(|| format!("cannot open the store in {}", s.data_dir.display()))?,
     );
+    let engines = web::Engines {
+        bus: Some(bus.clone()),
+        presence: Some(presence.clone()),
+        store: Some(store.clone()),
+    };
     let connector = Connector::bind(
         s.connector.clone(),
         network.clone(),
@@ -351,7 +356,7 @@ async fn run_domain(
     tasks.spawn(async move { meta.run(t).await.context("meta-server") });
     let t = shutdown.clone();
     tasks.spawn(async move {
-        web::serve(page, web::router(metrics), t)
+        web::serve(page, web::router(metrics, engines), t)
             .await
             .context("page server")
     });
