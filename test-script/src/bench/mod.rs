@@ -12,7 +12,9 @@
 //! - [`errors`]: failures by kind.
 //! - [`procfs`]: CPU and memory of a process, and the fd limit.
 //! - [`report`]: the progress line and the summary.
+//! - [`chart`]: SVG charts of results (`linker-bench-chart`).
 
+pub mod chart;
 pub mod conn;
 pub mod errors;
 pub mod ledger;
