@@ -18,3 +18,6 @@ cargo clippy --all-targets -- -D warnings
 
 echo "== tests"
 cargo test --workspace
+
+echo "== docker: both compose files validate (docker compose config; no engine needed)"
+scripts/check-docker.sh

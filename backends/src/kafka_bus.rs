@@ -16,6 +16,7 @@ use rdkafka::consumer::{
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::util::Timeout;
 use tokio::sync::mpsc;
@@ -35,6 +36,8 @@ const RECONNECT_BACKOFF_MAX_MS: &str = "1000";
 /// A consumer that joined before it saw the topic's partitions is assigned none until the
 /// next refresh; this bounds that, and finds added partitions soon.
 const CONSUMER_METADATA_REFRESH_MS: &str = "10000";
+/// How often the consumer reports its lag (`linker_kafka_consumer_lag`).
+const STATISTICS_INTERVAL_MS: &str = "5000";
 
 pub(crate) struct KafkaBus {
     /// Replaced by a new one if it hits a fatal error (an idempotent producer that lost its
@@ -157,6 +160,7 @@ impl KafkaBus {
                 "topic.metadata.refresh.interval.ms",
                 CONSUMER_METADATA_REFRESH_MS,
             )
+            .set("statistics.interval.ms", STATISTICS_INTERVAL_MS)
             .create_with_context(context)
             .map_err(|e| unavailable("cannot create the consumer", e))?;
         consumer
@@ -172,6 +176,24 @@ impl KafkaBus {
             self.topic.clone(),
         ));
         Ok(())
+    }
+
+    /// `Ok` if a broker answers a metadata request for the inbound topic within `timeout`.
+    pub async fn ready(&self, timeout: Duration) -> Result<(), BusError> {
+        let producer = self.producer();
+        let topic = self.topic.clone();
+        match tokio::task::spawn_blocking(move || {
+            producer.client().fetch_metadata(Some(&topic), timeout)
+        })
+        .await
+        {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(unavailable(
+                &format!("{} does not answer", self.config.kafka_brokers),
+                e,
+            )),
+            Err(e) => Err(unavailable("metadata request", e)),
+        }
     }
 
     /// Waits up to `timeout` for records still on their way to the broker.
@@ -378,6 +400,17 @@ struct ConsumerLog {
 impl ClientContext for ConsumerLog {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
         log_to_tracing(level, fac, message);
+    }
+
+    /// Records this consumer's lag: records of its partitions not yet consumed.
+    fn stats(&self, statistics: Statistics) {
+        let lag: i64 = statistics
+            .topics
+            .get(&self.topic)
+            .map(|t| t.partitions.values().map(|p| p.consumer_lag.max(0)).sum())
+            .unwrap_or(0);
+        metrics::gauge!("linker_kafka_consumer_lag", "processor" => self.processor.clone())
+            .set(lag as f64);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {

@@ -257,4 +257,19 @@ impl Store for MongoStore {
         })
         .await
     }
+
+    async fn ready(&self) -> Result<(), StoreError> {
+        let database = self
+            .messages
+            .client()
+            .database(&self.messages.namespace().db);
+        self.bounded(async {
+            database
+                .run_command(doc! { "ping": 1 })
+                .await
+                .map(drop)
+                .map_err(unavailable)
+        })
+        .await
+    }
 }

@@ -243,6 +243,11 @@ impl NatsBus {
     }
 
     /// Pushes out what the client still buffers (bounded by the connection state).
+    /// `Ok` while the client is connected to the server.
+    pub fn ready(&self) -> Result<(), BusError> {
+        self.connected()
+    }
+
     pub async fn flush(&self) {
         if self.connected().is_ok()
             && let Err(e) = self.client.flush().await

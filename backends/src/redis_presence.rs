@@ -280,6 +280,13 @@ impl Presence for RedisPresence {
             .clone();
         self.bounded(cmd.query_async::<()>(&mut con)).await
     }
+
+    async fn ready(&self) -> Result<(), PresenceError> {
+        let mut con = self.con.clone();
+        self.bounded(redis::cmd("PING").query_async::<String>(&mut con))
+            .await
+            .map(drop)
+    }
 }
 
 #[cfg(test)]

@@ -20,6 +20,9 @@ use common::frame::Feature;
 use common::ids::ConnectorName;
 
 use crate::kafka_bus::KafkaBus;
+
+/// Longest wait for Kafka's answer when `/ready` asks.
+const READY_TIMEOUT: Duration = Duration::from_secs(2);
 use crate::nats_bus::NatsBus;
 
 /// Settings of the split-mode bus; every key has a default.
@@ -237,6 +240,11 @@ impl Bus for SplitBus {
 
     async fn listen(&self, name: &ConnectorName) -> Result<mpsc::Receiver<Command>, BusError> {
         self.nats.listen(name, &self.tasks).await
+    }
+
+    async fn ready(&self) -> Result<(), BusError> {
+        self.nats.ready()?;
+        self.kafka.ready(READY_TIMEOUT).await
     }
 }
 

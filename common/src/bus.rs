@@ -115,4 +115,9 @@ pub trait Bus: Send + Sync + 'static {
 
     /// Starts receiving the commands for connector `name`.
     async fn listen(&self, name: &ConnectorName) -> Result<mpsc::Receiver<Command>, BusError>;
+
+    /// `Ok` if the engines answer now (`/ready` asks). An in-process bus always does.
+    async fn ready(&self) -> Result<(), BusError> {
+        Ok(())
+    }
 }

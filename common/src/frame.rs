@@ -118,6 +118,24 @@ impl Feature {
             Feature::Reliable => "RELIABLE",
         }
     }
+
+    /// The metrics label: `fast` or `reliable`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Feature::Fast => "fast",
+            Feature::Reliable => "reliable",
+        }
+    }
+}
+
+/// The wire type of an outbound frame built here (`{"type":"MESSAGE",...}`), for metrics;
+/// `UNKNOWN` for any other text.
+pub fn outbound_type(frame: &str) -> &'static str {
+    frame
+        .strip_prefix(r#"{"type":""#)
+        .and_then(|rest| rest.split_once('"'))
+        .and_then(|(kind, _)| MessageType::from_wire(kind))
+        .map_or("UNKNOWN", MessageType::wire_name)
 }
 
 /// Longest `reference` accepted, in bytes.
@@ -680,6 +698,16 @@ mod tests {
 
     fn parse(text: &str) -> Result<ClientFrame, FrameError> {
         parse_client_frame(text, &ParseLimits::default()).map_err(|r| r.error)
+    }
+
+    #[test]
+    fn outbound_type_names_the_frame_built_here() {
+        assert_eq!(
+            outbound_type(&out_confirmation("r")),
+            "MESSAGE_CONFIRMATION"
+        );
+        assert_eq!(outbound_type(r#"{"type":"NOPE"}"#), "UNKNOWN");
+        assert_eq!(outbound_type("not json"), "UNKNOWN");
     }
 
     #[test]

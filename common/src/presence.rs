@@ -53,4 +53,9 @@ pub trait Presence: Send + Sync + 'static {
 
     /// Records that the envelope with this id was delivered or stored; kept for a bounded time.
     async fn mark_processed(&self, id: MessageId) -> Result<(), PresenceError>;
+
+    /// `Ok` if the engine answers now (`/ready` asks). In-process presence always does.
+    async fn ready(&self) -> Result<(), PresenceError> {
+        Ok(())
+    }
 }

@@ -36,4 +36,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Removes a delivered message. Removing an absent id is not an error.
     async fn remove(&self, user: &UserId, id: MessageId) -> Result<(), StoreError>;
+
+    /// `Ok` if the engine answers now (`/ready` asks). The embedded store always does.
+    async fn ready(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }

@@ -218,6 +218,7 @@ fn deliver(
     id: Option<MessageId>,
     reply: Option<Replier>,
 ) {
+    metrics::counter!("linker_connector_frames_out_total", "type" => common::frame::outbound_type(&text), "feature" => feature.label()).increment(targets.len() as u64);
     let report = match reply {
         Some(r) if targets.is_empty() => {
             r.reply(DeliveryReport::default());

@@ -61,6 +61,7 @@ pub(crate) async fn run(
     let span =
         info_span!("socket", connector = %shared.name, socket = id, %peer, user = field::Empty);
     async move {
+        metrics::gauge!("linker_connector_connections").increment(1.0);
         let config = &shared.config;
         let deadline = Instant::now() + config.auth_deadline();
         let admitted = shared.admission.admit(
@@ -80,6 +81,7 @@ pub(crate) async fn run(
                 Err(_) => debug!("no TLS handshake before the auth deadline"),
             },
         }
+        metrics::gauge!("linker_connector_connections").decrement(1.0);
     }
     .instrument(span)
     .await
@@ -332,6 +334,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 
     /// Writes one frame of the session's own (replies, errors).
     async fn reply(&mut self, text: String) {
+        metrics::counter!("linker_connector_frames_out_total", "type" => common::frame::outbound_type(&text), "feature" => "none").increment(1);
         if let Err(e) = self.sink.send(Message::Text(text.into())).await {
             debug!(error = %e, "reply not written");
         }
@@ -349,6 +352,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
         };
         self.bad_frames = 0;
+        metrics::counter!("linker_connector_frames_in_total", "type" => frame.body.message_type().wire_name(), "feature" => frame.feature.label()).increment(1);
         match (&self.user, frame.body) {
             (
                 None,
@@ -419,6 +423,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let user = match result {
             Ok(user) => user,
             Err(e) => {
+                metrics::counter!("linker_connector_auths_total", "result" => "failed")
+                    .increment(1);
                 info!(user = user_id, reason = e.reason(), error = %e, "authentication refused");
                 let reply = match &e {
                     auth::AuthError::WrongDomain { home, .. } => {
@@ -449,6 +455,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         );
         self.reply(out_auth_reply(app_id, user.as_str(), true, None))
             .await;
+        metrics::counter!("linker_connector_auths_total", "result" => "ok").increment(1);
         info!("authenticated");
         self.user = Some(user.clone());
         if let Some(envelope) = self.presence_envelope(user, Body::UserConnected) {
@@ -486,8 +493,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         } else {
             None
         };
+        let feature = envelope.feature.label();
         let publish = async move {
-            match bus.publish(envelope).await {
+            match bus.publish(envelope).await.inspect_err(|_| {
+                metrics::counter!("linker_bus_publish_errors_total", "feature" => feature)
+                    .increment(1)
+            }) {
                 Ok(()) => None,
                 Err(e) if tell_client => {
                     warn!(error = %e, "publish failed; telling the client");

@@ -22,7 +22,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
@@ -35,6 +35,7 @@ use common::store::Store;
 use connector::Connector;
 use meta_server::MetaServer;
 use processor::Processor;
+use settings::LogFormat;
 
 /// Exit code for a config that cannot be used (EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
@@ -48,21 +49,9 @@ const EXIT_CONFIG: u8 = 64;
 struct Cli {
     #[command(subcommand)]
     command: Command,
-    /// Log format on stderr.
-    #[arg(
-        long,
-        global = true,
-        value_enum,
-        default_value = "text",
-        env = "LINKER_LOG_FORMAT"
-    )]
-    log_format: LogFormat,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
+    /// Log format on stderr (default: the `log_format` setting, else text).
+    #[arg(long, global = true, value_enum, env = "LINKER_LOG_FORMAT")]
+    log_format: Option<LogFormat>,
 }
 
 /// The config file and checking it, common to every role.
@@ -138,7 +127,6 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logs(cli.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -146,7 +134,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(run(cli.command));
+    let result = runtime.block_on(run(cli.command, cli.log_format));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Config(e)) => {
@@ -160,9 +148,11 @@ fn main() -> ExitCode {
     }
 }
 
-/// Loads the config of a role; `Ok(None)` if it was only to be checked.
+/// Loads the config of a role and starts the logs; `Ok(None)` if it was only to be checked.
+/// The `--log-format` flag wins over the `log_format` setting.
 fn load(
     args: &ConfigArgs,
+    log_format: Option<LogFormat>,
     adjust: impl FnOnce(&mut settings::Settings),
 ) -> Result<Option<(common::config::NetworkConfig, settings::Settings)>, Failure> {
     let (network, mut s) =
@@ -173,10 +163,11 @@ fn load(
         println!("config OK: domain `{}`", s.domain);
         return Ok(None);
     }
+    init_logs(log_format.unwrap_or(s.log_format));
     Ok(Some((network, s)))
 }
 
-async fn run(command: Command) -> Result<(), Failure> {
+async fn run(command: Command, log_format: Option<LogFormat>) -> Result<(), Failure> {
     match command {
         Command::Domain {
             config,
@@ -186,7 +177,7 @@ async fn run(command: Command) -> Result<(), Failure> {
             page_listen,
             meta_listen,
         } => {
-            let loaded = load(&config, |s| {
+            let loaded = load(&config, log_format, |s| {
                 if let Some(d) = domain {
                     s.domain = d;
                 }
@@ -214,7 +205,7 @@ async fn run(command: Command) -> Result<(), Failure> {
             ws_listen,
             metrics_listen,
         } => {
-            let loaded = load(&config, |s| {
+            let loaded = load(&config, log_format, |s| {
                 if let Some(n) = name {
                     s.connector.name = n;
                 }
@@ -235,7 +226,7 @@ async fn run(command: Command) -> Result<(), Failure> {
             name,
             metrics_listen,
         } => {
-            let loaded = load(&config, |s| {
+            let loaded = load(&config, log_format, |s| {
                 if let Some(n) = name {
                     s.processor.name = n;
                 }
@@ -259,6 +250,7 @@ async fn run(command: Command) -> Result<(), Failure> {
                 println!("config OK: {} domains", network.domains.len());
                 return Ok(());
             }
+            init_logs(log_format.unwrap_or_default());
             run_meta(network, config, listen)
                 .await
                 .map_err(Failure::Run)
@@ -302,11 +294,76 @@ pub(crate) fn cancel_on_signal(token: CancellationToken) {
     });
 }
 
-/// Installs the Prometheus recorder; its handle renders `/metrics`.
+/// Buckets of every `*_seconds` histogram: 0.5 ms to 5 s.
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
+];
+
+/// Installs the Prometheus recorder; its handle renders `/metrics`. Histograms are rendered
+/// as Prometheus histograms (buckets), so percentiles can be aggregated over processes.
 pub(crate) fn install_metrics() -> anyhow::Result<metrics_exporter_prometheus::PrometheusHandle> {
+    use metrics_exporter_prometheus::Matcher;
     metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &LATENCY_BUCKETS)
+        .context("bad histogram buckets")?
         .install_recorder()
         .context("cannot install the metrics recorder")
+        .inspect(|_| describe_metrics())
+}
+
+/// The `# HELP` line of each metric; counters an operator alerts on start at 0, so they are
+/// on `/metrics` before the first event.
+fn describe_metrics() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_gauge!(
+        "linker_connector_connections",
+        "open client connections (TCP accepted, not yet closed)"
+    );
+    describe_gauge!(
+        "linker_connector_authenticated_sockets",
+        "authenticated client sockets"
+    );
+    describe_counter!(
+        "linker_connector_auths_total",
+        "AUTH_CLIENT answered, by result (ok, failed)"
+    );
+    describe_counter!(
+        "linker_connector_frames_in_total",
+        "valid client frames, by type and feature"
+    );
+    describe_counter!(
+        "linker_connector_frames_out_total",
+        "frames queued for client sockets, by type and feature (none: the connector's own replies)"
+    );
+    describe_histogram!(
+        "linker_delivery_latency_seconds",
+        metrics::Unit::Seconds,
+        "from the connector taking a client's frame to its delivery to the target's connector (RELIABLE: written to a socket), by feature"
+    );
+    describe_counter!(
+        "linker_stored_total",
+        "frames stored for a user who could not take them"
+    );
+    describe_counter!(
+        "linker_fetched_total",
+        "stored frames handed over by FETCH_MISSING_MESSAGES_REQUEST"
+    );
+    describe_counter!(
+        "linker_bus_publish_errors_total",
+        "client frames the bus refused (the sender got GENERAL_ERROR BUS_UNAVAILABLE), by feature"
+    );
+    describe_gauge!(
+        "linker_kafka_consumer_lag",
+        "RELIABLE records of this processor's partitions not yet consumed (split mode)"
+    );
+    for feature in ["fast", "reliable"] {
+        metrics::counter!("linker_bus_publish_errors_total", "feature" => feature).absolute(0);
+    }
+    for result in ["ok", "failed"] {
+        metrics::counter!("linker_connector_auths_total", "result" => result).absolute(0);
+    }
+    metrics::counter!("linker_stored_total").absolute(0);
+    metrics::counter!("linker_fetched_total").absolute(0);
 }
 
 async fn run_domain(
@@ -324,6 +381,11 @@ async fn run_domain(
         EmbeddedStore::open(&s.data_dir)
             .with_context(|| format!("cannot open the store in {}", s.data_dir.display()))?,
     );
+    let engines = web::Engines {
+        bus: Some(bus.clone()),
+        presence: Some(presence.clone()),
+        store: Some(store.clone()),
+    };
     let connector = Connector::bind(
         s.connector.clone(),
         network.clone(),
@@ -365,7 +427,7 @@ async fn run_domain(
     tasks.spawn(async move { meta.run(t).await.context("meta-server") });
     let t = shutdown.clone();
     tasks.spawn(async move {
-        web::serve(page, web::router(metrics), t)
+        web::serve(page, web::router(metrics, engines), t)
             .await
             .context("page server")
     });

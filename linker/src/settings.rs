@@ -26,6 +26,8 @@ pub struct Settings {
     pub meta_listen: SocketAddr,
     /// `/health`, `/ready` and `/metrics` of a `linker connector` or `linker processor`.
     pub metrics_listen: SocketAddr,
+    /// Log lines on stderr: `text` or `json` (one object per line).
+    pub log_format: LogFormat,
     /// The engines of split mode (`linker connector`, `linker processor`).
     pub engines: Engines,
     pub connector: connector::Config,
@@ -37,6 +39,15 @@ pub struct Settings {
     /// The file the settings came from (reloaded when it changes); not a setting.
     #[serde(skip)]
     pub config_file: Option<PathBuf>,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 /// Where the engines of a split deployment are.
@@ -81,6 +92,7 @@ impl Default for Settings {
             page_listen: SocketAddr::from(([127, 0, 0, 1], 4400)),
             meta_listen: SocketAddr::from(([127, 0, 0, 1], 9000)),
             metrics_listen: SocketAddr::from(([127, 0, 0, 1], 9100)),
+            log_format: LogFormat::Text,
             engines: Engines::default(),
             connector: connector::Config::default(),
             processor: processor::Config::default(),
@@ -98,8 +110,9 @@ pub struct SettingsError(pub String);
 
 /// Top-level keys of the `linker:` section; `LINKER_*` variables outside them (`LINKER_LOG`,
 /// `LINKER_CONFIG`, test variables) are not settings.
-const SECTIONS: [&str; 10] = [
+const SECTIONS: [&str; 11] = [
     "domain",
+    "log_format",
     "meta_url",
     "meta_poll_ms",
     "data_dir",

@@ -116,15 +116,22 @@ async fn common(config: NetworkConfig, s: &Settings) -> anyhow::Result<Common> {
     })
 }
 
-/// Serves `/health` and `/metrics` on `http` while `role` runs; when it ends, stops the rest.
+/// Serves `/health`, `/ready` (asking `store` too, if given) and `/metrics` on `http` while
+/// `role` runs; when it ends, stops the rest.
 async fn run_role(
     http: tokio::net::TcpListener,
     c: Common,
+    store: Option<Arc<dyn Store>>,
     role: impl Future<Output = anyhow::Result<()>>,
 ) -> anyhow::Result<()> {
+    let engines = web::Engines {
+        bus: Some(c.bus.clone()),
+        presence: Some(c.presence.clone()),
+        store,
+    };
     let serve = tokio::spawn(web::serve(
         http,
-        web::ops_router(c.metrics),
+        web::ops_router(c.metrics, engines),
         c.shutdown.clone(),
     ));
     let result = role.await;
@@ -158,7 +165,7 @@ pub async fn run_connector(config: NetworkConfig, s: Settings) -> anyhow::Result
         http.local_addr()?
     );
     let shutdown = c.shutdown.clone();
-    run_role(http, c, async move {
+    run_role(http, c, None, async move {
         connector.run(shutdown).await.context("connector")
     })
     .await
@@ -171,7 +178,7 @@ pub async fn run_processor(config: NetworkConfig, s: Settings) -> anyhow::Result
         s.processor.clone(),
         c.network.clone(),
         c.bus.clone(),
-        store,
+        store.clone(),
         c.presence.clone(),
     );
     let http = web::bind(s.metrics_listen).await?;
@@ -181,7 +188,7 @@ pub async fn run_processor(config: NetworkConfig, s: Settings) -> anyhow::Result
     );
     println!("LINKER_READY metrics={}", http.local_addr()?);
     let shutdown = c.shutdown.clone();
-    run_role(http, c, async move {
+    run_role(http, c, Some(store), async move {
         processor.run(shutdown).await.context("processor")
     })
     .await

@@ -81,3 +81,43 @@ async fn pairs_get_every_message_of_their_partner_once() -> anyhow::Result<()> {
     assert_everything_arrived_once(&s, &server);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn broadcast_copies_reach_every_subscriber_once_and_connections_stay_idle()
+-> anyhow::Result<()> {
+    let server = domain().await?;
+    for (feature, users) in [("FAST", "3000000"), ("RELIABLE", "3100000")] {
+        let s = bench_against(
+            &server,
+            &[
+                "--workload",
+                "broadcast",
+                "--publishers",
+                "3",
+                "--subscribers",
+                "25",
+                "--feature",
+                feature,
+                "--user-base",
+                users,
+            ],
+        )
+        .await?;
+        let context = format!("{s}\n{}", server.diagnostics());
+        assert_eq!(s.connected, 28, "{context}");
+        // One GROUP_MESSAGE per publisher, one copy per subscriber.
+        assert_eq!(s.sent, 3 * 25, "{context}");
+        assert_eq!(s.received, s.sent, "{context}");
+        assert_eq!((s.lost, s.duplicated, s.unknown), (0, 0, 0), "{context}");
+        assert_eq!(s.errors.total(), 0, "{context}");
+        assert_eq!(s.latency.count, s.received, "{context}");
+    }
+    let s = bench_against(
+        &server,
+        &["--workload", "connections", "--user-base", "3200000"],
+    )
+    .await?;
+    assert_eq!(s.connected, 20, "{s}");
+    assert_eq!(s.sent_total, 0, "{s}");
+    Ok(())
+}

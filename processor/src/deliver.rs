@@ -47,6 +47,14 @@ fn count_fast_drop(reason: &'static str) {
     metrics::counter!("linker_fast_dropped_total", "reason" => reason).increment(1);
 }
 
+/// Time from the connector taking the client's frame to its delivery (handed to the target's
+/// connector; for a report, written to a socket).
+fn record_delivery(feature: Feature, created_at: u64) {
+    let ms = common::now_millis().saturating_sub(created_at);
+    metrics::histogram!("linker_delivery_latency_seconds", "feature" => feature.label())
+        .record(ms as f64 / 1000.0);
+}
+
 impl Processor {
     /// MESSAGE: to the target's sockets, else stored (RELIABLE) or dropped (FAST).
     pub(crate) async fn message(
@@ -100,6 +108,7 @@ impl Processor {
                 )
                 .await;
         if written {
+            record_delivery(feature, message.created_at);
             if let Some(confirm) = message.confirm {
                 self.confirm(confirm, message.id).await?;
             }
@@ -271,6 +280,9 @@ impl Processor {
                     took.push(u);
                 }
             }
+        }
+        if !took.is_empty() {
+            record_delivery(feature, created_at);
         }
         for user in to {
             if took.contains(&user) {

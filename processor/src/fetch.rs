@@ -73,6 +73,7 @@ impl Processor {
             }
             self.store.remove(user, message.id).await?;
             delivered += 1;
+            metrics::counter!("linker_fetched_total").increment(1);
             if let Some(confirm) = message.confirm {
                 self.confirm(confirm, message.id).await?;
             }

@@ -26,7 +26,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use super::errors::{ErrorKind, Errors};
 use super::ledger::Ledger;
 use super::options::Plan;
-use super::workload::{FRAME_SUFFIX, Stamp, frame_prefix};
+use super::workload::{FRAME_SUFFIX, Stamp, Workload, frame_prefix, group_frame_prefix};
 
 /// Where a run is; connections send only in `Warmup` and `Measure`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -99,7 +99,7 @@ pub async fn run(shared: Arc<Shared>, index: usize) {
     let mut phase = shared.phase.subscribe();
     let ended = tokio::select! {
         r = write(&shared, index, &mut sink) => r,
-        r = read(&shared, &mut stream) => r,
+        r = read(&shared, index, &mut stream) => r,
         _ = phase.wait_for(|p| *p == Phase::Done) => Ok(()),
     };
     shared.open.fetch_sub(1, Ordering::Relaxed);
@@ -220,6 +220,9 @@ async fn write(
     let o = &shared.plan.options;
     let mut phase = shared.phase.subscribe();
     phase.wait_for(|p| *p >= Phase::Warmup).await?;
+    if o.workload == Workload::Broadcast {
+        return publish_once(shared, index, sink).await;
+    }
     if o.interval_ms == 0 {
         return std::future::pending().await;
     }
@@ -261,8 +264,46 @@ async fn write(
     std::future::pending().await
 }
 
+/// `broadcast`: a publisher sends one GROUP_MESSAGE to every subscriber as the measured
+/// phase starts, taking one sequence number per subscriber; a subscriber sends nothing.
+async fn publish_once(
+    shared: &Shared,
+    index: usize,
+    sink: &mut SplitSink<Ws, Message>,
+) -> anyhow::Result<()> {
+    let o = &shared.plan.options;
+    if index >= o.publishers {
+        return std::future::pending().await;
+    }
+    let subscribers: Vec<String> = (o.publishers..o.publishers + o.subscribers)
+        .map(|i| shared.plan.user(i))
+        .collect();
+    let mut frame = group_frame_prefix(&subscribers, o.feature.wire_name());
+    let mut phase = shared.phase.subscribe();
+    if *phase.wait_for(|p| *p >= Phase::Measure).await? != Phase::Measure {
+        return std::future::pending().await;
+    }
+    let seq = shared.ledger.sent(index, true);
+    for _ in 1..o.subscribers {
+        shared.ledger.sent(index, true);
+    }
+    let stamp = Stamp {
+        sender: index,
+        seq,
+        sent_us: shared.now_us(),
+    };
+    stamp.write_content(o.size, &shared.padding, &mut frame);
+    frame.push_str(FRAME_SUFFIX);
+    sink.send(Message::Text(frame.into()))
+        .await
+        .context("send failed")?;
+    std::future::pending().await
+}
+
 /// Reads frames until the socket ends: times MESSAGEs, counts error frames.
-async fn read(shared: &Shared, stream: &mut SplitStream<Ws>) -> anyhow::Result<()> {
+async fn read(shared: &Shared, index: usize, stream: &mut SplitStream<Ws>) -> anyhow::Result<()> {
+    let o = &shared.plan.options;
+    let offset = o.workload.receipt_offset(index, o.publishers);
     loop {
         let text = match stream.next().await {
             Some(Ok(Message::Text(text))) => text,
@@ -302,7 +343,7 @@ async fn read(shared: &Shared, stream: &mut SplitStream<Ws>) -> anyhow::Result<(
             Some(s) => {
                 shared
                     .ledger
-                    .received(s.sender, s.seq, now_us.saturating_sub(s.sent_us));
+                    .received(s.sender, s.seq + offset, now_us.saturating_sub(s.sent_us));
             }
             None => shared.errors.record(ErrorKind::Unexpected, || short(&text)),
         }

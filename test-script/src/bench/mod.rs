@@ -12,7 +12,9 @@
 //! - [`errors`]: failures by kind.
 //! - [`procfs`]: CPU and memory of a process, and the fd limit.
 //! - [`report`]: the progress line and the summary.
+//! - [`chart`]: SVG charts of results (`linker-bench-chart`).
 
+pub mod chart;
 pub mod conn;
 pub mod errors;
 pub mod ledger;
@@ -144,6 +146,16 @@ pub async fn run(options: Options) -> anyhow::Result<Summary> {
         workload: o.workload,
         feature: o.feature,
         connections: o.connections,
+        publishers: if o.workload == workload::Workload::Broadcast {
+            o.publishers
+        } else {
+            0
+        },
+        subscribers: if o.workload == workload::Workload::Broadcast {
+            o.subscribers
+        } else {
+            0
+        },
         connected,
         open_at_end,
         interval_ms: o.interval_ms,
@@ -161,7 +173,7 @@ pub async fn run(options: Options) -> anyhow::Result<Summary> {
         skipped_sends: totals.skipped,
         sent_total: totals.sent,
         received_total: totals.received,
-        offered_msgs_per_sec: if o.interval_ms == 0 {
+        offered_msgs_per_sec: if o.interval_ms == 0 || o.workload == workload::Workload::Broadcast {
             0.0
         } else {
             connected as f64 * 1000.0 / o.interval_ms as f64

@@ -21,6 +21,9 @@ pub const PORTS_PER_PAIR: usize = 28_000;
 pub const MAX_PHASE_SECS: u64 = 3_600;
 /// Largest message content: the server refuses frames over 64 KiB by default.
 pub const MAX_SIZE: usize = 60_000;
+/// Most subscribers of one broadcast: one GROUP_MESSAGE names them all, and the frame must
+/// stay under the server's frame limit.
+pub const MAX_GROUP: usize = 4_000;
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -29,12 +32,21 @@ pub const MAX_SIZE: usize = 60_000;
     version
 )]
 pub struct Options {
-    /// Who each connection sends to: itself (`self-echo`) or its partner (`pairs`).
+    /// Who each connection sends to: itself (`self-echo`), its partner (`pairs`), every
+    /// subscriber (`broadcast`), or nobody (`connections`: idle, for memory per connection).
     #[arg(long, value_enum, default_value_t = Workload::SelfEcho)]
     pub workload: Workload,
-    /// Connections to open, each authenticated as its own user.
+    /// Connections to open, each authenticated as its own user. In `broadcast` it is set to
+    /// `--publishers` + `--subscribers`.
     #[arg(long, default_value_t = 100)]
     pub connections: usize,
+    /// `broadcast`: connections that each send one GROUP_MESSAGE to every subscriber.
+    #[arg(long, default_value_t = 1)]
+    pub publishers: usize,
+    /// `broadcast`: connections that receive every publisher's message (the explicit `to`
+    /// list of each GROUP_MESSAGE; the server's `max_group_size` bounds it, 1000 by default).
+    #[arg(long, default_value_t = 10)]
+    pub subscribers: usize,
     /// Milliseconds between two messages of one connection; 0 = idle (connect, authenticate,
     /// send nothing: for measuring memory per connection).
     #[arg(long, default_value_t = 1000)]
@@ -147,7 +159,22 @@ impl Plan {
 
 impl Options {
     /// Checks every bound and address; `fd_limit` is the process's open-file limit.
-    pub fn plan(self, fd_limit: u64) -> anyhow::Result<Plan> {
+    pub fn plan(mut self, fd_limit: u64) -> anyhow::Result<Plan> {
+        match self.workload {
+            Workload::Broadcast => {
+                ensure!(
+                    self.publishers >= 1 && self.subscribers >= 1,
+                    "--workload broadcast needs --publishers and --subscribers of at least 1"
+                );
+                ensure!(
+                    self.subscribers <= MAX_GROUP,
+                    "--subscribers must be at most {MAX_GROUP}"
+                );
+                self.connections = self.publishers + self.subscribers;
+            }
+            Workload::Connections => self.interval_ms = 0,
+            Workload::SelfEcho | Workload::Pairs => {}
+        }
         let o = &self;
         ensure!(o.connections >= 1, "--connections must be at least 1");
         // Each connection is one descriptor; keep some for the runtime and files.
@@ -344,6 +371,26 @@ mod tests {
         assert_eq!(plan.target(3).addr.port(), 2);
         assert_eq!(plan.source(4), Some("127.0.0.3".parse().expect("ip")));
         assert_eq!(plan.user(7), "ANZ-507");
+    }
+
+    #[test]
+    fn broadcast_opens_publishers_and_subscribers_and_connections_is_idle() {
+        let plan = options(&[
+            "--workload",
+            "broadcast",
+            "--publishers",
+            "5",
+            "--subscribers",
+            "100",
+        ])
+        .plan(20_000)
+        .expect("valid plan");
+        assert_eq!(plan.options.connections, 105);
+        let idle = options(&["--workload", "connections", "--interval-ms", "10"]);
+        assert_eq!(
+            idle.plan(20_000).expect("valid plan").options.interval_ms,
+            0
+        );
     }
 
     #[test]

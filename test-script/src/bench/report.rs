@@ -42,6 +42,9 @@ pub struct Summary {
     pub workload: Workload,
     pub feature: Feature,
     pub connections: usize,
+    /// `broadcast`: publishers and subscribers (0 in other workloads).
+    pub publishers: usize,
+    pub subscribers: usize,
     /// Connections authenticated by the end of the ramp-up.
     pub connected: usize,
     /// Connections still open at the end of the measured phase.
@@ -128,6 +131,15 @@ impl fmt::Display for Summary {
             self.size,
             self.targets.join(",")
         )?;
+        if self.publishers > 0 {
+            writeln!(
+                f,
+                "  broadcast    {} publishers x {} subscribers: one GROUP_MESSAGE each, {} copies",
+                self.publishers,
+                self.subscribers,
+                self.publishers * self.subscribers
+            )?;
+        }
         writeln!(
             f,
             "  connections  {} authenticated (ramp {:.1} s), {} open at the end",

@@ -1,7 +1,9 @@
 //! Workloads and the message content they carry.
 //!
 //! A workload only decides who each connection sends to; everything else (pacing, timing,
-//! accounting) is shared. The content is `<sender>:<seq>:<sent_us>:` padded with `x` to the
+//! accounting) is shared. In `broadcast`, connections `0..P` are the publishers and `P..P+S`
+//! the subscribers; a publisher's one GROUP_MESSAGE takes S sequence numbers, one per
+//! subscriber, so the ledger counts each copy's loss, duplication and latency on its own. The content is `<sender>:<seq>:<sent_us>:` padded with `x` to the
 //! requested size, so any receiver can attribute, time and de-duplicate a message on its own.
 
 use clap::ValueEnum;
@@ -14,6 +16,11 @@ pub enum Workload {
     SelfEcho,
     /// Connections 2k and 2k+1 send to each other.
     Pairs,
+    /// `--publishers` connections each send one GROUP_MESSAGE to the explicit list of the
+    /// `--subscribers` at the start of the measured phase (the original's chat-room test).
+    Broadcast,
+    /// Idle authenticated connections only (`--interval-ms 0`): memory per connection.
+    Connections,
 }
 
 impl Workload {
@@ -22,14 +29,25 @@ impl Workload {
         match self {
             Workload::SelfEcho => "self-echo",
             Workload::Pairs => "pairs",
+            Workload::Broadcast => "broadcast",
+            Workload::Connections => "connections",
         }
     }
 
-    /// The connection that connection `index` sends to.
+    /// The connection that connection `index` sends to (a `MESSAGE` workload).
     pub fn peer_of(self, index: usize) -> usize {
         match self {
-            Workload::SelfEcho => index,
             Workload::Pairs => index ^ 1,
+            Workload::SelfEcho | Workload::Broadcast | Workload::Connections => index,
+        }
+    }
+
+    /// What connection `index` adds to the sequence number in a message's content to get the
+    /// copy it received: its place among the subscribers in `broadcast`, else 0.
+    pub fn receipt_offset(self, index: usize, publishers: usize) -> u64 {
+        match self {
+            Workload::Broadcast => index.saturating_sub(publishers) as u64,
+            _ => 0,
         }
     }
 }
@@ -77,6 +95,17 @@ impl Stamp {
 /// The start of a MESSAGE frame to `to`; the content and then `"}}` follow.
 pub fn frame_prefix(to: &str, feature: &str) -> String {
     format!(r#"{{"type":"MESSAGE","feature":"{feature}","data":{{"to":"{to}","content":""#)
+}
+
+/// The start of a GROUP_MESSAGE frame to every user of `to`; the content and then `"}}`
+/// follow, as for [`frame_prefix`].
+pub fn group_frame_prefix(to: &[String], feature: &str) -> String {
+    let list = to
+        .iter()
+        .map(|u| format!("\"{u}\""))
+        .collect::<Vec<_>>()
+        .join(",");
+    format!(r#"{{"type":"GROUP_MESSAGE","feature":"{feature}","data":{{"to":[{list}],"content":""#)
 }
 
 /// The end of a MESSAGE frame begun by [`frame_prefix`].
@@ -136,8 +165,30 @@ mod tests {
     }
 
     #[test]
+    fn a_whole_group_frame_is_valid_json() {
+        let to = vec!["ANZ-1".to_owned(), "ANZ-2".to_owned()];
+        let mut frame = group_frame_prefix(&to, "RELIABLE");
+        frame.push_str("0:0:0:");
+        frame.push_str(FRAME_SUFFIX);
+        let v: serde_json::Value = serde_json::from_str(&frame).expect("valid JSON");
+        assert_eq!(v["type"], "GROUP_MESSAGE");
+        assert_eq!(v["data"]["to"], serde_json::json!(["ANZ-1", "ANZ-2"]));
+    }
+
+    #[test]
+    fn broadcast_subscribers_count_their_own_copy() {
+        assert_eq!(Workload::Broadcast.receipt_offset(5, 2), 3);
+        assert_eq!(Workload::SelfEcho.receipt_offset(5, 2), 0);
+    }
+
+    #[test]
     fn names_are_the_command_line_names() {
-        for w in [Workload::SelfEcho, Workload::Pairs] {
+        for w in [
+            Workload::SelfEcho,
+            Workload::Pairs,
+            Workload::Broadcast,
+            Workload::Connections,
+        ] {
             assert_eq!(Workload::from_str(w.name(), false), Ok(w));
         }
     }

@@ -1,0 +1,160 @@
+//! The ops endpoints of every process: `/ready` answers 200 naming each engine the role uses
+//! once they answer, embedded and split; `/metrics` shows the traffic it saw.
+
+use std::path::Path;
+
+use serde_json::{Value, json};
+use testkit::{Client, Deployment, Embedded, Split, http_get, metric, unique_user};
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_linker"))
+}
+
+/// `GET /ready` on `addr`: the status and the JSON body.
+async fn ready(addr: &str) -> (u16, Value) {
+    let (status, body) = http_get(addr, "/ready").await.unwrap();
+    let json = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    (status, json)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_domain_is_ready_with_its_in_process_engines() {
+    let d = Embedded::start(bin()).await.unwrap();
+    let (status, body) = ready(&d.page_addr()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["ready"], true);
+    for engine in ["bus", "presence", "store"] {
+        assert_eq!(body["engines"][engine], "ok", "{body}");
+    }
+    assert_eq!(http_get(&d.page_addr(), "/health").await.unwrap().0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_processes_are_ready_once_their_engines_answer() {
+    let d = Split::start(bin()).await.unwrap();
+    for c in &d.connectors {
+        let (status, body) = ready(&c.ready("metrics").unwrap()).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["engines"]["bus"], "ok", "{body}");
+        assert_eq!(body["engines"]["presence"], "ok", "{body}");
+        // A connector keeps nothing: it does not use the store.
+        assert!(body["engines"].get("store").is_none(), "{body}");
+    }
+    for p in &d.processors {
+        let (status, body) = ready(&p.ready("metrics").unwrap()).await;
+        assert_eq!(status, 200, "{body}");
+        for engine in ["bus", "presence", "store"] {
+            assert_eq!(body["engines"][engine], "ok", "{body}");
+        }
+    }
+}
+
+/// `/metrics` of `addr` once `name{labels}` is at least `at_least` (a bounded poll: counters
+/// of the processor move after the client saw the frame).
+async fn metrics_once(addr: &str, name: &str, labels: &[&str], at_least: f64) -> String {
+    let mut text = String::new();
+    for _ in 0..100 {
+        text = http_get(addr, "/metrics").await.unwrap().1;
+        if metric(&text, name, labels) >= at_least {
+            return text;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("{name}{labels:?} never reached {at_least}:\n{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_connections_auths_frames_latency_stores_and_fetches() {
+    let d = Embedded::start(bin()).await.unwrap();
+    let url = d.ws_url(0);
+    let (a_id, b_id, c_id) = (unique_user(), unique_user(), unique_user());
+    let mut a = Client::login(&url, &a_id).await.unwrap();
+    let mut b = Client::login(&url, &b_id).await.unwrap();
+    let mut refused = Client::connect(&url).await.unwrap();
+    let reply = refused.auth(&unique_user(), "wrong-app-id").await.unwrap();
+    assert_eq!(reply["data"]["isAuthenticated"], false);
+
+    a.message(&b_id, "hi", "RELIABLE", None).await.unwrap();
+    b.expect("MESSAGE").await.unwrap();
+    a.message(&b_id, "fast hi", "FAST", None).await.unwrap();
+    b.expect("MESSAGE").await.unwrap();
+    // To an offline user: stored, then fetched.
+    a.message(&c_id, "later", "RELIABLE", None).await.unwrap();
+    a.sync().await.unwrap();
+    let mut c = Client::login(&url, &c_id).await.unwrap();
+    c.send(&json!({"type":"FETCH_MISSING_MESSAGES_REQUEST","data":{"count":10}}))
+        .await
+        .unwrap();
+    c.expect("MESSAGE").await.unwrap();
+    c.expect("FETCH_MISSING_MESSAGES_COMPLETE").await.unwrap();
+
+    let addr = d.page_addr();
+    let text = metrics_once(&addr, "linker_fetched_total", &[], 1.0).await;
+    let at_least = |name: &str, labels: &[&str], n: f64| {
+        let v = metric(&text, name, labels);
+        assert!(
+            v >= n,
+            "{name}{labels:?} = {v}, expected at least {n}:\n{text}"
+        );
+    };
+    at_least("linker_connector_connections", &[], 3.0);
+    at_least("linker_connector_auths_total", &["result=\"ok\""], 3.0);
+    at_least("linker_connector_auths_total", &["result=\"failed\""], 1.0);
+    let reliable_message = ["type=\"MESSAGE\"", "feature=\"reliable\""];
+    at_least("linker_connector_frames_in_total", &reliable_message, 2.0);
+    at_least("linker_connector_frames_out_total", &reliable_message, 2.0);
+    let fast_message = ["type=\"MESSAGE\"", "feature=\"fast\""];
+    at_least("linker_connector_frames_in_total", &fast_message, 1.0);
+    at_least("linker_connector_frames_out_total", &fast_message, 1.0);
+    at_least(
+        "linker_connector_frames_out_total",
+        &["type=\"AUTH_CLIENT_REPLY\""],
+        4.0,
+    );
+    at_least(
+        "linker_delivery_latency_seconds_count",
+        &["feature=\"reliable\""],
+        1.0,
+    );
+    at_least(
+        "linker_delivery_latency_seconds_count",
+        &["feature=\"fast\""],
+        1.0,
+    );
+    assert!(
+        text.contains("linker_delivery_latency_seconds_bucket"),
+        "{text}"
+    );
+    at_least("linker_stored_total", &[], 1.0);
+    // Present from the start, at 0 while the bus takes every frame.
+    assert!(
+        text.contains("linker_bus_publish_errors_total{feature=\"reliable\"} 0"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_processor_reports_its_kafka_consumer_lag() {
+    let d = Split::start(bin()).await.unwrap();
+    let mut a = Client::login(&d.ws_url(0), &unique_user()).await.unwrap();
+    a.message(&unique_user(), "stored", "RELIABLE", None)
+        .await
+        .unwrap();
+    a.sync().await.unwrap();
+    // librdkafka reports every 5 s; each processor owns some partitions and reports its lag.
+    for p in &d.processors {
+        let addr = p.ready("metrics").unwrap();
+        let mut text = String::new();
+        for _ in 0..150 {
+            text = http_get(&addr, "/metrics").await.unwrap().1;
+            if text.contains("linker_kafka_consumer_lag{") {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert!(
+            text.contains("linker_kafka_consumer_lag{processor="),
+            "{text}"
+        );
+    }
+}
