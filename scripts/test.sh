@@ -18,3 +18,6 @@ cargo clippy --all-targets -- -D warnings
 
 echo "== tests"
 cargo test --workspace
+
+echo "== fuzz: every target of fuzz/ for 30 s (docs/fuzzing.md)"
+LINKER_FUZZ_SECONDS=30 scripts/fuzz.sh
