@@ -108,25 +108,30 @@ async fn send_until(
             log.record(frame, &errors);
         }
     }
-    // A marker to itself, RELIABLE: it is handled after everything sent before it.
-    let marker = format!("{}-end", pair.name);
+    log.stuck = !barrier(&mut c, &format!("{}-sent", pair.name), |f| {
+        log.record(f, &errors)
+    })
+    .await;
+    (c, log)
+}
+
+/// Sends a RELIABLE marker to oneself, which is handled after everything the client sent
+/// before it, and hands every other frame to `frame` until it comes back; false if it did not
+/// within `PHASE`.
+async fn barrier(c: &mut Client, marker: &str, mut frame: impl FnMut(Value)) -> bool {
     let me = c.user.clone();
-    c.message(&me, &marker, "RELIABLE", None)
+    c.message(&me, marker, "RELIABLE", None)
         .await
         .expect("the socket stays open");
     let deadline = Instant::now() + PHASE;
     loop {
         match tokio::time::timeout_at(deadline.into(), c.next()).await {
-            Ok(Ok(frame)) if frame["data"]["content"] == json!(marker) => break,
-            Ok(Ok(frame)) => log.record(frame, &errors),
+            Ok(Ok(f)) if f["data"]["content"] == json!(marker) => return true,
+            Ok(Ok(f)) => frame(f),
             Ok(Err(_)) => {}
-            Err(_) => {
-                log.stuck = true;
-                break;
-            }
+            Err(_) => return false,
         }
     }
-    (c, log)
 }
 
 /// Counts the sender's messages by content id, live, until every id of `expected` (once it is
@@ -137,7 +142,7 @@ async fn receive(
     from: String,
     pair: Arc<Pair>,
     mut expected: watch::Receiver<Option<HashSet<String>>>,
-) -> (HashMap<String, usize>, usize) {
+) -> Received {
     let mut seen: HashMap<String, usize> = HashMap::new();
     let count = |frame: &Value, seen: &mut HashMap<String, usize>| {
         if frame["type"] == "MESSAGE" && frame["data"]["from"] == json!(from) {
@@ -193,10 +198,25 @@ async fn receive(
             break;
         }
     }
-    for frame in c.sync().await.expect("the receiver's barrier comes back") {
-        count(&frame, &mut seen);
+    // Anything late (a duplicate) shows up before a round trip of the receiver's own.
+    let back = barrier(&mut c, &format!("{}-received", pair.name), |f| {
+        count(&f, &mut seen)
+    })
+    .await;
+    Received {
+        seen,
+        fetched,
+        stuck: !back,
     }
-    (seen, fetched)
+}
+
+/// What a receiver counted.
+struct Received {
+    /// Content id -> how often it arrived.
+    seen: HashMap<String, usize>,
+    fetched: usize,
+    /// Its own marker did not come back within `PHASE`.
+    stuck: bool,
 }
 
 /// Polls until `done()` or `PHASE` passes; returns how long it took, or panics with `what`.
@@ -324,9 +344,14 @@ async fn a_stream_across_connectors_survives_kafka_and_redis_restarts() {
     let mut seen: HashMap<String, usize> = HashMap::new();
     let mut fetched = 0;
     for r in receivers {
-        let (got, n) = r.await.expect("receiver task");
-        seen.extend(got);
-        fetched += n;
+        let got = r.await.expect("receiver task");
+        assert!(
+            !got.stuck,
+            "a receiver's own marker did not come back within {PHASE:?}\n{}",
+            d.diagnostics()
+        );
+        seen.extend(got.seen);
+        fetched += got.fetched;
     }
 
     let sent: Vec<&String> = logs.iter().flat_map(|l| &l.sent).collect();
@@ -357,6 +382,13 @@ async fn a_stream_across_connectors_survives_kafka_and_redis_restarts() {
         lost.len(),
         twice.len(),
     );
+    if !(lost.is_empty() && twice.is_empty() && neither.is_empty()) {
+        let to = std::env::temp_dir().join(format!("split-engines-{}", d.domain));
+        match d.keep_logs(&to) {
+            Ok(()) => eprintln!("process logs kept in {}", to.display()),
+            Err(e) => eprintln!("process logs not kept: {e}"),
+        }
+    }
     let unexpected: Vec<&Value> = logs.iter().flat_map(|l| &l.unexpected).collect();
     assert!(unexpected.is_empty(), "senders got {unexpected:?}");
     assert!(
