@@ -21,3 +21,6 @@ cargo test --workspace
 
 echo "== docker: both compose files validate (docker compose config; no engine needed)"
 scripts/check-docker.sh
+
+echo "== fuzz: every target of fuzz/ for 30 s (docs/fuzzing.md)"
+LINKER_FUZZ_SECONDS=30 scripts/fuzz.sh

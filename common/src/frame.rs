@@ -6,6 +6,7 @@
 //! so the wire shape lives in one file.
 
 use std::borrow::Cow;
+use std::collections::HashSet;
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -299,15 +300,8 @@ pub fn parse_client_frame(text: &str, limits: &ParseLimits) -> Result<ClientFram
             reference: None,
         });
     }
-    let raw: RawFrame<'_> = serde_json::from_str(text).map_err(|e| Rejected {
-        error: if e.is_data() {
-            FrameError::InvalidField {
-                field: "frame",
-                expected: "must be a JSON object",
-            }
-        } else {
-            FrameError::InvalidJson(e.to_string())
-        },
+    let raw: RawFrame<'_> = serde_json::from_str(text).map_err(|_| Rejected {
+        error: unreadable_object(text),
         reference: None,
     })?;
     let reference =
@@ -375,6 +369,20 @@ struct RawData<'a> {
     count: Option<&'a RawValue>,
 }
 
+/// Why text that starts like an object did not read as a frame. Every key of `RawFrame` takes
+/// any JSON, so once the text is valid JSON the only error left is a repeated key; serde stops
+/// at the first repeated key, so the syntax is checked over the whole text first (a repeated
+/// key followed by broken JSON is `INVALID_JSON`, as the client needs to hear).
+fn unreadable_object(text: &str) -> FrameError {
+    match serde_json::from_str::<serde::de::IgnoredAny>(text) {
+        Err(e) => FrameError::InvalidJson(e.to_string()),
+        Ok(_) => FrameError::InvalidField {
+            field: "frame",
+            expected: "must not repeat a key",
+        },
+    }
+}
+
 /// True if the JSON text is an object (its first non-blank character is `{`).
 fn is_object(text: &str) -> bool {
     text.trim_start().starts_with('{')
@@ -391,10 +399,12 @@ fn parse_body(
             expected: "must be an object",
         });
     }
+    // `data` is valid JSON already (it was read as part of the frame): the one error left
+    // here is a repeated key.
     let data: RawData<'_> =
         serde_json::from_str(data.get()).map_err(|_| FrameError::InvalidField {
             field: "data",
-            expected: "must be an object",
+            expected: "must not repeat a key",
         })?;
     match message_type {
         MessageType::AuthClient => Ok(ClientBody::AuthClient {
@@ -418,17 +428,20 @@ fn parse_body(
                     expected: "must name at least one user",
                 });
             }
-            let mut to: Vec<UserId> = Vec::with_capacity(raw.len().min(limits.max_group_size));
-            for id in &raw {
-                let id = user_id(id, "to")?;
-                if !to.contains(&id) {
+            // The limit counts the array as sent (docs/protocol.md 4.3), so the work below is
+            // bounded by it; duplicates are dropped through a set, not a scan per id.
+            if raw.len() > limits.max_group_size {
+                return Err(FrameError::InvalidField {
+                    field: "to",
+                    expected: "names more users than the group size limit (connector.max_group_size)",
+                });
+            }
+            let mut seen: HashSet<&str> = HashSet::with_capacity(raw.len());
+            let mut to: Vec<UserId> = Vec::with_capacity(raw.len());
+            for text in &raw {
+                let id = user_id(text, "to")?;
+                if seen.insert(text) {
                     to.push(id);
-                }
-                if to.len() > limits.max_group_size {
-                    return Err(FrameError::InvalidField {
-                        field: "to",
-                        expected: "names more users than the group size limit (connector.max_group_size)",
-                    });
                 }
             }
             Ok(ClientBody::GroupMessage {
@@ -779,6 +792,46 @@ mod tests {
         for (text, reason) in cases {
             let err = parse(text).expect_err(text);
             assert_eq!(err.reason(), reason, "{text}: {err}");
+        }
+    }
+
+    /// Found by the `client_frame` fuzz target: serde stopped at the repeated key and the
+    /// broken JSON after it was reported as "must be a JSON object".
+    #[test]
+    fn a_repeated_key_before_broken_json_is_invalid_json() {
+        let err = parse(r#"{"type":"MESSAGE","type":"MESSAGE","dat"<"}}"#).unwrap_err();
+        assert_eq!(err.reason(), "INVALID_JSON", "{err}");
+    }
+
+    #[test]
+    fn a_repeated_key_in_valid_json_is_named() {
+        for text in [
+            r#"{"type":"MESSAGE","type":"MESSAGE","data":{"to":"ANZ-1","content":"x"}}"#,
+            r#"{"type":"MESSAGE","data":{"to":"ANZ-1","to":"ANZ-2","content":"x"}}"#,
+        ] {
+            let err = parse(text).unwrap_err();
+            assert_eq!(err.reason(), "INVALID_FIELD");
+            assert!(err.to_string().ends_with("must not repeat a key"), "{err}");
+        }
+    }
+
+    #[test]
+    fn the_group_limit_counts_the_array_as_sent() {
+        let limits = ParseLimits {
+            max_group_size: 2,
+            ..ParseLimits::default()
+        };
+        let group = |to: &str| {
+            parse_client_frame(
+                &format!(r#"{{"type":"GROUP_MESSAGE","data":{{"to":{to},"content":"x"}}}}"#),
+                &limits,
+            )
+        };
+        let err = group(r#"["ANZ-1","ANZ-1","ANZ-1"]"#).unwrap_err().error;
+        assert_eq!(err.field(), Some("to"), "{err}");
+        match group(r#"["ANZ-1","ANZ-1"]"#).unwrap().body {
+            ClientBody::GroupMessage { to, .. } => assert_eq!(to.len(), 1, "sent once"),
+            other => panic!("{other:?}"),
         }
     }
 

@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 
 use serde_json::value::RawValue;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use common::bus::BusError;
 use common::envelope::{Confirm, ConnectorCommand, Relayed, RelayedMessage, StoredMessage, Target};
@@ -130,6 +130,11 @@ impl Processor {
 
     /// Sends `MESSAGE_CONFIRMATION {reference}` for message `of` to its sender, RELIABLE. Its
     /// id derives from the message's, so a confirmation sent again is recognised.
+    ///
+    /// Message `of` is delivered already: failing here would make the envelope's retry deliver
+    /// it again (and, if its user looks offline by then, store it to be fetched a second
+    /// time). So when presence is down, the confirmation is stored for the sender's next fetch
+    /// instead (a connector that cannot be reached already leads to storing).
     pub(crate) async fn confirm(
         &self,
         confirm: Confirm,
@@ -142,7 +147,15 @@ impl Processor {
             created_at: common::now_millis(),
             confirm: None,
         };
-        Box::pin(self.deliver_or_store(stored, Feature::Reliable)).await
+        match Box::pin(self.deliver_or_store(stored.clone(), Feature::Reliable)).await {
+            Err(ProcessError::Presence(e)) => {
+                warn!(user = %stored.to, id = %of, error = %e, "confirmation stored for fetch: presence unavailable");
+                self.store.persist(&stored).await?;
+                metrics::counter!("linker_stored_total").increment(1);
+                Ok(())
+            }
+            other => other,
+        }
     }
 
     /// Writes `frame` to the user's `sockets`; true if at least one took it (or, without a

@@ -58,9 +58,11 @@ async fn work(p: Arc<Processor>, mut rx: mpsc::Receiver<Inbound>, shutdown: Canc
     while let Some(Inbound { envelope, ack }) = rx.recv().await {
         let reliable = envelope.feature == Feature::Reliable;
         let mut backoff = Duration::from_millis(100);
+        // Set once delivered or stored: a retry after that only retries the processed mark.
+        let mut handled = false;
         loop {
             let result = if reliable {
-                p.handle_once(&envelope).await
+                p.handle_once(&envelope, &mut handled).await
             } else {
                 p.handle(&envelope).await
             };
@@ -117,16 +119,25 @@ async fn tell_sender(p: &Processor, envelope: &Envelope, e: &ProcessError) {
 
 impl Processor {
     /// Handles a RELIABLE envelope once: a redelivered one that was already delivered or
-    /// stored is skipped, by its id.
-    pub async fn handle_once(&self, envelope: &Envelope) -> Result<(), ProcessError> {
-        if self.presence.is_processed(envelope.id).await? {
-            debug!(id = %envelope.id, "redelivered envelope already processed; skipped");
-            metrics::counter!("linker_processor_redelivered_skipped_total").increment(1);
-        } else {
+    /// stored is skipped, by its id. `handled` is set once it was delivered or stored, so a
+    /// call again after the processed mark failed (Redis down) does not deliver it a second
+    /// time (or store it, when its user's presence is gone meanwhile, to be fetched again).
+    /// The origin of a relay handled here hears of it, even of one handled before.
+    pub async fn handle_once(
+        &self,
+        envelope: &Envelope,
+        handled: &mut bool,
+    ) -> Result<(), ProcessError> {
+        if !*handled {
+            if self.presence.is_processed(envelope.id).await? {
+                debug!(id = %envelope.id, "redelivered envelope already processed; skipped");
+                metrics::counter!("linker_processor_redelivered_skipped_total").increment(1);
+                return self.send_receipt(envelope).await;
+            }
             self.handle(envelope).await?;
-            self.presence.mark_processed(envelope.id).await?;
+            *handled = true;
         }
-        // The origin of a relay handled here hears of it, even of one handled before.
+        self.presence.mark_processed(envelope.id).await?;
         self.send_receipt(envelope).await
     }
 

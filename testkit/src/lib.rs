@@ -5,6 +5,7 @@
 //! - [`client`]: a WebSocket test client with bounded waits and a `sync` barrier.
 //! - [`contracts`]: what every Bus, Store and Presence backend must do, run per engine.
 //! - [`deployment`]: the `Deployment` trait and `Embedded` (one `linker domain` process).
+//! - [`engine`]: a test engine stopped on purpose, started again however the test ends.
 //! - [`network`]: several domains (one `linker domain` each) and a meta-server.
 //! - [`process`]: one `linker` child process, killable and restartable.
 //! - [`scenarios`]: protocol scenarios, each a function over a `Deployment`.
@@ -13,6 +14,7 @@
 pub mod client;
 pub mod contracts;
 pub mod deployment;
+pub mod engine;
 pub mod network;
 pub mod process;
 pub mod scenarios;
@@ -20,6 +22,7 @@ pub mod split;
 
 pub use client::Client;
 pub use deployment::{Deployment, Embedded, EmbeddedOptions};
+pub use engine::StoppedEngine;
 pub use split::{Split, SplitOptions};
 
 /// A user id of app ANZ that no other test uses (numbers below the master's are avoided).

@@ -99,6 +99,13 @@ impl LinkerProcess {
         self.child.is_some()
     }
 
+    /// True if the process was started and has exited by itself since (crashed or quit).
+    pub fn has_exited(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| !matches!(c.try_wait(), Ok(None)))
+    }
+
     /// SIGKILL: no shutdown code runs.
     pub async fn kill(&mut self) -> anyhow::Result<()> {
         if let Some(mut child) = self.child.take() {

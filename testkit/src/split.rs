@@ -151,6 +151,23 @@ linker:
     }
 }
 
+impl Split {
+    /// Copies every process's log into `to` (created if missing), to read after a failure;
+    /// the deployment's own directory goes away with it.
+    pub fn keep_logs(&self, to: &Path) -> anyhow::Result<()> {
+        std::fs::create_dir_all(to)?;
+        for entry in std::fs::read_dir(self._dir.path())? {
+            let path = entry?.path();
+            if path.extension().is_some_and(|e| e == "log")
+                && let Some(name) = path.file_name()
+            {
+                std::fs::copy(&path, to.join(name))?;
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Deployment for Split {
     fn ws_url(&self, i: usize) -> String {
         let c = &self.connectors[i % self.connectors.len()];
