@@ -1,7 +1,9 @@
 //! In-process presence: a sharded map from user to sockets, and expiring per-user locks.
 //!
 //! Everything lives and dies with the one process, so entries need no expiry and refresh is a
-//! no-op; the in-memory bus never redelivers, so no processed marks are kept.
+//! no-op; the in-memory bus never redelivers, so no processed marks are kept. Reference
+//! claims are kept, bounded: expired ones are swept as the map grows, and past
+//! `MAX_CLAIMS` live ones a new claim is not remembered (counted), so memory stays bounded.
 
 use std::time::{Duration, Instant};
 
@@ -13,9 +15,15 @@ use tokio::sync::Notify;
 use common::ids::{MessageId, SocketAddress, UserId};
 use common::presence::{LockToken, Presence, PresenceError};
 
+/// Most reference claims remembered at once.
+pub const MAX_CLAIMS: usize = 1_000_000;
+
 #[derive(Default)]
 pub struct MemoryPresence {
     sockets: DashMap<UserId, Vec<SocketAddress>>,
+    claims: DashMap<String, (MessageId, Instant)>,
+    /// Size at which expired claims are swept next.
+    sweep_at: std::sync::atomic::AtomicUsize,
     locks: DashMap<UserId, (u64, Instant)>,
     unlocked: Notify,
     next_token: std::sync::atomic::AtomicU64,
@@ -107,6 +115,47 @@ impl Presence for MemoryPresence {
     async fn mark_processed(&self, _id: MessageId) -> Result<(), PresenceError> {
         Ok(())
     }
+
+    async fn claim(
+        &self,
+        key: &str,
+        id: MessageId,
+        window: Duration,
+    ) -> Result<MessageId, PresenceError> {
+        let now = Instant::now();
+        self.sweep_claims(now);
+        if let Some(held) = self.claims.get(key)
+            && held.1 > now
+        {
+            return Ok(held.0);
+        }
+        if self.claims.len() >= MAX_CLAIMS {
+            tracing::debug!("reference claims at their bound; this one is not remembered");
+            return Ok(id);
+        }
+        let mut entry = self
+            .claims
+            .entry(key.to_owned())
+            .or_insert((id, now + window));
+        if entry.1 <= now {
+            *entry = (id, now + window);
+        }
+        Ok(entry.0)
+    }
+}
+
+impl MemoryPresence {
+    /// Drops expired claims once the map has doubled since the last sweep.
+    fn sweep_claims(&self, now: Instant) {
+        use std::sync::atomic::Ordering;
+        let at = self.sweep_at.load(Ordering::Relaxed).max(1024);
+        if self.claims.len() < at {
+            return;
+        }
+        self.claims.retain(|_, (_, until)| *until > now);
+        self.sweep_at
+            .store((self.claims.len() * 2).max(1024), Ordering::Relaxed);
+    }
 }
 
 #[cfg(test)]
@@ -147,5 +196,17 @@ mod tests {
         // Not unlocked: the next holder gets it once the ttl runs out.
         let got = p.lock(&u, ttl, Duration::from_secs(2)).await;
         assert!(got.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_claim_holds_its_key_for_the_window_then_frees_it() {
+        let p = MemoryPresence::new();
+        let (first, second) = (MessageId::new(), MessageId::new());
+        let window = Duration::from_millis(200);
+        assert_eq!(p.claim("k", first, window).await.unwrap(), first);
+        assert_eq!(p.claim("k", first, window).await.unwrap(), first);
+        assert_eq!(p.claim("k", second, window).await.unwrap(), first);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        assert_eq!(p.claim("k", second, window).await.unwrap(), second);
     }
 }

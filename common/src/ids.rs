@@ -185,6 +185,17 @@ impl MessageId {
             self.0.as_u128() ^ 0x5A5A_5A5A_5A5A_5A5A,
         ))
     }
+
+    /// The mark recording that `user` acknowledged this message: a fixed function of both, so
+    /// it is recognised after a restart (FNV-1a of the user folded into the id).
+    pub fn acknowledged_by(self, user: &UserId) -> MessageId {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in user.as_str().bytes() {
+            h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+        }
+        let salt = ((h as u128) << 64) | 0xACED_ACED_ACED_ACED;
+        MessageId(uuid::Uuid::from_u128(self.0.as_u128() ^ salt))
+    }
 }
 
 impl Default for MessageId {
@@ -208,6 +219,19 @@ impl fmt::Debug for MessageId {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_acknowledged_mark_differs_per_user_and_per_message() {
+        let (a, b) = (
+            UserId::parse("ANZ-1").unwrap(),
+            UserId::parse("ANZ-2").unwrap(),
+        );
+        let (m, n) = (MessageId::new(), MessageId::new());
+        assert_eq!(m.acknowledged_by(&a), m.acknowledged_by(&a));
+        assert_ne!(m.acknowledged_by(&a), m.acknowledged_by(&b));
+        assert_ne!(m.acknowledged_by(&a), n.acknowledged_by(&a));
+        assert_ne!(m.acknowledged_by(&a), m);
+    }
 
     #[test]
     fn user_id_splits_into_app_and_number() {

@@ -3,9 +3,11 @@
 //! One task owns the socket. It reads client frames, answers bad ones with `INVALID_MESSAGE`
 //! (closing only past `max_bad_frames` or on an oversized frame), authenticates, and publishes
 //! valid frames as envelopes. Frames from processors arrive on the socket's bounded queue and
-//! are written in batches with one flush. `from` is always the authenticated user.
+//! are written in batches with one flush. `from` is always the authenticated user. A socket
+//! that logs in with `"ack": true` remembers the numbered frames written to it until the
+//! client acknowledges them (`ACK {upTo}` acknowledges only frames this socket was sent).
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -31,8 +33,8 @@ use tracing::{Instrument, debug, field, info, info_span, warn};
 
 use common::envelope::{Body, Envelope};
 use common::frame::{
-    ClientBody, ClientFrame, FrameError, Rejected, out_auth_reply, out_auth_required,
-    out_general_error, out_invalid, out_invalid_reason, parse_client_frame,
+    ClientBody, ClientFrame, FrameError, Rejected, out_auth_acked, out_auth_reply,
+    out_auth_required, out_general_error, out_invalid, out_invalid_reason, parse_client_frame,
 };
 use common::ids::{MessageId, SocketAddress, SocketId, UserId};
 
@@ -50,6 +52,9 @@ pub const CLOSED_BY_MASTER: u16 = 4000;
 pub const CLOSED_IDLE: u16 = 4002;
 /// Close code sent when the client reads too slowly to keep its outbound queue from filling.
 pub const CLOSED_SLOW_READER: u16 = 4003;
+/// Numbered frames an acking socket remembers until acknowledged; past it the oldest is
+/// forgotten here (it stays kept, and is resent at the next login or acked by id).
+pub const MAX_UNACKED_PER_SOCKET: usize = 4096;
 
 pub(crate) async fn run(
     shared: Arc<Shared>,
@@ -157,6 +162,8 @@ async fn session<S>(
         overflow_since: Arc::new(AtomicU64::new(0)),
         last_seen: Instant::now(),
         publishing: None,
+        ack: false,
+        unacked: BTreeMap::new(),
     };
     let end = s.serve(&mut stream, &mut rx, deadline, &shutdown).await;
     if let Some(frame) = end {
@@ -188,6 +195,10 @@ struct Session<S> {
     last_seen: Instant,
     /// The publish in flight, if any (see `start_publish`).
     publishing: Option<Publishing>,
+    /// The socket logged in with `"ack": true`.
+    ack: bool,
+    /// Numbered frames written and not yet acknowledged: number -> message id.
+    unacked: BTreeMap<u64, MessageId>,
 }
 
 /// A publish in flight; resolves to the error frame to send the client, if any.
@@ -317,6 +328,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         while let Some(out) = next.take() {
             self.sink.feed(Message::Text(out.text)).await?;
             self.tickets.extend(out.ticket);
+            if let Some((seq, id)) = out.numbered {
+                self.unacked.insert(seq, id);
+                if self.unacked.len() > MAX_UNACKED_PER_SOCKET {
+                    self.unacked.pop_first();
+                }
+            }
             count += 1;
             if count < MAX_BATCH {
                 next = rx.try_recv().ok();
@@ -356,8 +373,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     app_id,
                     user_id,
                     token,
+                    ack,
                 },
-            ) => self.authenticate(&app_id, &user_id, token.as_deref()).await,
+            ) => {
+                self.authenticate(&app_id, &user_id, token.as_deref(), ack)
+                    .await
+            }
             (None, _) => {
                 self.reply(out_auth_required(frame.reference.as_deref()))
                     .await;
@@ -403,6 +424,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         app_id: &str,
         user_id: &str,
         token: Option<&str>,
+        ack: bool,
     ) -> Option<CloseFrame> {
         let shared = self.shared.clone();
         let checked = shared
@@ -438,16 +460,45 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 close_reason: self.close_reason.clone(),
                 overflow_since: self.overflow_since.clone(),
                 recent: Mutex::new(VecDeque::new()),
+                ack,
+                held: Mutex::new(ack.then(VecDeque::new)),
             },
         );
-        self.reply(out_auth_reply(app_id, user.as_str(), true, None))
-            .await;
-        info!("authenticated");
+        let reply = if ack {
+            out_auth_acked(app_id, user.as_str())
+        } else {
+            out_auth_reply(app_id, user.as_str(), true, None)
+        };
+        self.reply(reply).await;
+        info!(ack, "authenticated");
         self.user = Some(user.clone());
-        if let Some(envelope) = self.presence_envelope(user, Body::UserConnected) {
-            self.start_publish(envelope, false);
+        self.ack = ack;
+        let mut envelopes: Vec<Envelope> = self
+            .presence_envelope(user.clone(), Body::UserConnected)
+            .into_iter()
+            .collect();
+        if ack {
+            // What is kept for the user comes back to this socket before anything new.
+            envelopes.push(self.envelope(user, Body::Resume));
         }
+        self.start_publishes(envelopes, false);
         None
+    }
+
+    /// A RELIABLE envelope from this socket, with no reference.
+    fn envelope(&self, from: UserId, body: Body) -> Envelope {
+        Envelope {
+            id: MessageId::new(),
+            from,
+            origin: self.address.clone(),
+            feature: common::frame::Feature::Reliable,
+            reference: None,
+            confirm: false,
+            created_at: common::now_millis(),
+            hops: 0,
+            ack: self.ack,
+            body,
+        }
     }
 
     /// The envelope telling processors (and so the app's master user) that a user came or
@@ -456,31 +507,43 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if self.shared.network.is_master(&user) {
             return None;
         }
-        Some(Envelope {
-            id: MessageId::new(),
-            from: user,
-            origin: self.address.clone(),
-            feature: common::frame::Feature::Reliable,
-            reference: None,
-            confirm: false,
-            created_at: common::now_millis(),
-            hops: 0,
-            body,
-        })
+        Some(self.envelope(user, body))
     }
 
     /// Starts publishing `envelope`. The session keeps writing while it is in flight but reads
     /// no further frame (that keeps the sender's order, and holds a client back while the bus
     /// is full). If `tell_client`, a failure is answered with `GENERAL_ERROR`.
     fn start_publish(&mut self, envelope: Envelope, tell_client: bool) {
+        self.start_publishes(vec![envelope], tell_client)
+    }
+
+    /// Publishes `envelopes` in order as one publish in flight (see `start_publish`). A
+    /// resume that cannot be published ends at once, so live frames are not held back.
+    fn start_publishes(&mut self, envelopes: Vec<Envelope>, tell_client: bool) {
+        if envelopes.is_empty() {
+            return;
+        }
         let bus = self.shared.bus.clone();
+        let shared = self.shared.clone();
+        let socket = self.address.socket;
         let echo = if tell_client {
-            envelope.reference.clone()
+            envelopes[0].reference.clone()
         } else {
             None
         };
         let publish = async move {
-            match bus.publish(envelope).await {
+            let mut result = Ok(());
+            for envelope in envelopes {
+                let resume = matches!(envelope.body, Body::Resume);
+                result = bus.publish(envelope).await;
+                if result.is_err() {
+                    if resume {
+                        shared.registry.end_resume(socket);
+                    }
+                    break;
+                }
+            }
+            match result {
                 Ok(()) => None,
                 Err(e) if tell_client => {
                     warn!(error = %e, "publish failed; telling the client");
@@ -532,6 +595,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             ClientBody::FetchMissingMessages { count } => Body::FetchMissingMessages {
                 count: count.min(self.shared.config.max_fetch_count),
             },
+            ClientBody::Ack { up_to, ids } => {
+                if !self.ack {
+                    let detail = "ACK needs a socket that logged in with \"ack\": true";
+                    return self.refuse("ACK_NOT_ENABLED", detail, reference).await;
+                }
+                let ids = self.acknowledged(up_to, ids);
+                if ids.is_empty() {
+                    return;
+                }
+                Body::Ack { ids }
+            }
             ClientBody::AuthClient { .. } => return,
         };
         let envelope = Envelope {
@@ -543,9 +617,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             confirm: confirmation_enabled,
             created_at: common::now_millis(),
             hops: 0,
+            ack: self.ack,
             body,
         };
         self.start_publish(envelope, true);
+    }
+
+    /// The message ids an ACK covers: the frames numbered up to `up_to` that this socket was
+    /// sent, and the `ids` named. They are forgotten here.
+    fn acknowledged(&mut self, up_to: Option<u64>, ids: Vec<MessageId>) -> Vec<MessageId> {
+        let mut acked = Vec::new();
+        if let Some(up_to) = up_to {
+            let later = match up_to.checked_add(1) {
+                Some(next) => self.unacked.split_off(&next),
+                None => BTreeMap::new(),
+            };
+            acked.extend(std::mem::replace(&mut self.unacked, later).into_values());
+        }
+        if !ids.is_empty() {
+            let named: std::collections::HashSet<MessageId> = ids.into_iter().collect();
+            self.unacked.retain(|_, held| !named.contains(held));
+            acked.retain(|id| !named.contains(id));
+            acked.extend(named);
+        }
+        acked
     }
 
     fn may_message(&self, from: &UserId, to: &UserId) -> Result<(), (&'static str, String)> {
