@@ -52,6 +52,12 @@ pub const CLOSED_BY_MASTER: u16 = 4000;
 pub const CLOSED_IDLE: u16 = 4002;
 /// Close code sent when the client reads too slowly to keep its outbound queue from filling.
 pub const CLOSED_SLOW_READER: u16 = 4003;
+/// Close reason at shutdown (code 1001): the client should reconnect, to another connector if
+/// it knows one.
+pub const SHUTDOWN_REASON: &str = "server shutting down; reconnect";
+/// Longest wait at shutdown for the frames queued for a socket to be written.
+const SHUTDOWN_FLUSH: Duration = Duration::from_secs(1);
+
 /// Numbered frames an acking socket remembers until acknowledged; past it the oldest is
 /// forgotten here (it stays kept, and is resent at the next login or acked by id).
 pub const MAX_UNACKED_PER_SOCKET: usize = 4096;
@@ -224,7 +230,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => {
-                    break Some(close_frame(CloseCode::Away, "server shutting down; reconnect"));
+                    // What is queued for the client goes out before the close (bounded).
+                    let _ = timeout(SHUTDOWN_FLUSH, self.flush_queued(rx)).await;
+                    break Some(close_frame(CloseCode::Away, SHUTDOWN_REASON));
                 }
                 _ = self.close.cancelled() => {
                     let (code, reason) = self
@@ -345,6 +353,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         }
         self.overflow_since.store(0, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Writes whatever is queued for the socket now.
+    async fn flush_queued(&mut self, rx: &mut mpsc::Receiver<Outbound>) {
+        while let Ok(out) = rx.try_recv() {
+            if self.write_batch(out, rx).await.is_err() {
+                return;
+            }
+        }
     }
 
     /// Writes one frame of the session's own (replies, errors).
