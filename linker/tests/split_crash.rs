@@ -353,3 +353,85 @@ async fn crash_matrix_acking_receivers_get_each_message_once_and_in_order() {
         }
     }
 }
+
+/// Distinct MESSAGE contents, in the order first received.
+#[derive(Default)]
+struct Tally {
+    got: HashMap<String, usize>,
+    order: Vec<String>,
+}
+
+impl Tally {
+    fn note(&mut self, f: &serde_json::Value) {
+        if f["type"] == "MESSAGE" {
+            let c = f["data"]["content"].as_str().unwrap_or_default().to_owned();
+            if self.got.insert(c.clone(), 1).is_none() {
+                self.order.push(c);
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connector_stopped_with_sigterm_says_1001_and_its_acking_user_resumes_elsewhere() {
+    let mut d = Split::start(bin()).await.unwrap();
+    let (a_id, b_id) = (unique_user(), unique_user());
+    let mut a = Client::login(&d.ws_url(0), &a_id).await.unwrap();
+    let mut b = Client::login_ack(&d.ws_url(1), &b_id).await.unwrap();
+    b.expect("RESUME_COMPLETE").await.unwrap();
+    const TOTAL: usize = 60;
+    let mut t = Tally::default();
+    for i in 0..TOTAL {
+        a.message(&b_id, &format!("t{i:03}"), "RELIABLE", None)
+            .await
+            .unwrap();
+        if i == TOTAL / 2 {
+            // Read what came so far without acknowledging it, then stop the connector.
+            while let Ok(Ok(f)) = tokio::time::timeout(Duration::from_millis(200), b.next()).await {
+                t.note(&f);
+            }
+            let code = d.connectors[1].terminate().await.unwrap();
+            assert_eq!(code, Some(0), "{}", d.diagnostics());
+        }
+    }
+    let (ended, frames) = b.ended().await.unwrap();
+    frames.iter().for_each(|f| t.note(f));
+    match ended {
+        testkit::client::Ended::Closed(Some(f)) => {
+            assert_eq!(u16::from(f.code), 1001);
+            assert_eq!(f.reason.as_str(), "server shutting down; reconnect");
+        }
+        other => panic!("expected close 1001, got {other:?}"),
+    }
+    let before = t.got.len();
+    // Resume on the other connector: the unacknowledged ones and the rest, in order.
+    let mut b = Client::login_ack(&d.ws_url(0), &b_id).await.unwrap();
+    let mut resent = Vec::new();
+    loop {
+        let f = b.next().await.unwrap();
+        if f["type"] == "RESUME_COMPLETE" {
+            break;
+        }
+        resent.push(f["data"]["content"].as_str().unwrap_or_default().to_owned());
+        t.note(&f);
+    }
+    while t.got.len() < TOTAL {
+        let f = b.next().await.unwrap();
+        t.note(&f);
+    }
+    println!(
+        "sent {TOTAL}, before SIGTERM {before}, resent at login {}, received {} distinct",
+        resent.len(),
+        t.got.len()
+    );
+    let mut sorted = resent.clone();
+    sorted.sort();
+    assert_eq!(resent, sorted, "resent in order");
+    let mut sorted = t.order.clone();
+    sorted.sort();
+    assert_eq!(t.order, sorted, "first receipts in the order sent");
+    assert!(
+        resent.len() >= before,
+        "every unacknowledged one came again"
+    );
+}
