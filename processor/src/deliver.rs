@@ -115,6 +115,9 @@ impl Processor {
         }
         match feature {
             Feature::Reliable => {
+                if self.was_acked(&message.to, message.id).await? {
+                    return Ok(()); // a redelivery of a message its user acknowledged
+                }
                 debug!(user = %message.to, id = %message.id, "stored for fetch");
                 if self.keep(&message).await?.is_none() {
                     return Err(ProcessError::InboxFull(message.to.to_string()));
@@ -358,6 +361,9 @@ impl Processor {
             }
             match meta.feature {
                 Feature::Reliable => {
+                    if self.was_acked(user, meta.id).await? {
+                        continue; // a redelivery this member acknowledged already
+                    }
                     if self.keep(&message).await?.is_none() {
                         full.push(user.to_string());
                         continue;
