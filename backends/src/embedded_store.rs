@@ -2,10 +2,11 @@
 //!
 //! redb was chosen over SQLite: it is pure Rust (no C toolchain in the build), its commits are
 //! crash-safe (copy-on-write B-trees, fsync at commit) and it needs no schema or SQL layer for
-//! the three operations we do. Messages are keyed `(user, sequence)`, the sequence given by the
-//! writer in the order messages are persisted, so a user's range reads oldest first; an index
-//! from message id to sequence makes `persist` idempotent and `remove` direct. A per-user count
-//! is kept in the same transaction.
+//! the few operations we do. Messages are keyed `(user, sequence)`, the sequence given by the
+//! writer in the order messages are persisted (one counter for the file, so a user's numbers
+//! only grow and are never reused), so a user's range reads oldest first; an index from
+//! message id to sequence makes `persist` idempotent and `remove` direct. A per-user count is
+//! kept in the same transaction, which is what the per-user bound checks.
 //!
 //! Writes go through one writer thread that commits every pending write in one transaction
 //! (group commit): one fsync covers many messages under load, and `persist` returns only once
@@ -20,7 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use common::envelope::StoredMessage;
 use common::ids::{MessageId, UserId};
-use common::store::{Fetched, Store, StoreError};
+use common::store::{Fetched, Kept, Persisted, Store, StoreError};
 
 const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("messages");
 const IDS: TableDefinition<(&str, u128), u64> = TableDefinition::new("ids");
@@ -31,9 +32,12 @@ const NEXT_SEQ: &str = "next_seq";
 /// Most writes committed in one transaction.
 const MAX_BATCH: usize = 512;
 
+type Reply = oneshot::Sender<Result<Persisted, StoreError>>;
+
 enum Write {
-    Persist(StoredMessage, oneshot::Sender<Result<(), StoreError>>),
-    Remove(UserId, MessageId, oneshot::Sender<Result<(), StoreError>>),
+    Persist(StoredMessage, u64, Reply),
+    Remove(UserId, MessageId, Reply),
+    Confirmed(UserId, MessageId, Reply),
 }
 
 pub struct EmbeddedStore {
@@ -74,7 +78,8 @@ impl EmbeddedStore {
             .get(NEXT_SEQ)
             .map_err(unavailable)?
             .map(|v| v.value())
-            .unwrap_or(0);
+            .unwrap_or(1)
+            .max(1); // numbers start at 1: `fetch` after 0 reads from the start
         txn.commit().map_err(unavailable)?;
         let db = Arc::new(db);
         let (writes, rx) = mpsc::channel(4096);
@@ -90,10 +95,7 @@ impl EmbeddedStore {
         })
     }
 
-    async fn write(
-        &self,
-        make: impl FnOnce(oneshot::Sender<Result<(), StoreError>>) -> Write,
-    ) -> Result<(), StoreError> {
+    async fn write(&self, make: impl FnOnce(Reply) -> Write) -> Result<Persisted, StoreError> {
         let (tx, rx) = oneshot::channel();
         let writes = self.writes.as_ref().expect("set until drop");
         writes
@@ -115,31 +117,47 @@ fn writer(db: Arc<Database>, mut rx: mpsc::Receiver<Write>, mut next_seq: u64) {
                 Err(_) => break,
             }
         }
-        let result = apply(&db, &batch, &mut next_seq);
-        for w in batch.drain(..) {
+        let results = apply(&db, &batch, &mut next_seq);
+        for (i, w) in batch.drain(..).enumerate() {
             let reply = match w {
-                Write::Persist(_, reply) | Write::Remove(_, _, reply) => reply,
+                Write::Persist(_, _, reply)
+                | Write::Remove(_, _, reply)
+                | Write::Confirmed(_, _, reply) => reply,
             };
-            let _ = reply.send(result.clone());
+            let _ = reply.send(results.as_ref().map(|r| r[i]).map_err(Clone::clone));
         }
     }
 }
 
-fn apply(db: &Database, batch: &[Write], next_seq: &mut u64) -> Result<(), StoreError> {
+/// Applies a batch in one transaction; one answer per write, in order.
+fn apply(db: &Database, batch: &[Write], next_seq: &mut u64) -> Result<Vec<Persisted>, StoreError> {
     let start = *next_seq;
     let txn = db.begin_write().map_err(unavailable)?;
+    let mut answers = Vec::with_capacity(batch.len());
     let result = (|| {
         let mut messages = txn.open_table(MESSAGES).map_err(unavailable)?;
         let mut ids = txn.open_table(IDS).map_err(unavailable)?;
         let mut counts = txn.open_table(COUNTS).map_err(unavailable)?;
         for w in batch {
+            answers.push(Persisted::Kept(0));
             match w {
-                Write::Persist(m, _) => {
+                Write::Persist(m, max_kept, _) => {
                     let id = (m.to.as_str(), m.id.0.as_u128());
-                    if ids.get(id).map_err(unavailable)?.is_some() {
-                        continue; // stored already: a redelivery
+                    if let Some(seq) = ids.get(id).map_err(unavailable)? {
+                        // Stored already: a redelivery.
+                        *answers.last_mut().expect("pushed above") = Persisted::Kept(seq.value());
+                        continue;
+                    }
+                    let kept = counts
+                        .get(m.to.as_str())
+                        .map_err(unavailable)?
+                        .map_or(0, |v| v.value());
+                    if kept >= *max_kept {
+                        *answers.last_mut().expect("pushed above") = Persisted::Full;
+                        continue;
                     }
                     let seq = *next_seq;
+                    *answers.last_mut().expect("pushed above") = Persisted::Kept(seq);
                     *next_seq += 1;
                     let bytes = serde_json::to_vec(m).map_err(unavailable)?;
                     messages
@@ -164,6 +182,31 @@ fn apply(db: &Database, batch: &[Write], next_seq: &mut u64) -> Result<(), Store
                         bump(&mut counts, user.as_str(), -1)?;
                     }
                 }
+                Write::Confirmed(user, id, _) => {
+                    let Some(seq) = ids
+                        .get((user.as_str(), id.0.as_u128()))
+                        .map_err(unavailable)?
+                        .map(|v| v.value())
+                    else {
+                        continue;
+                    };
+                    let key = (user.as_str(), seq);
+                    let Some(bytes) = messages
+                        .get(key)
+                        .map_err(unavailable)?
+                        .map(|v| v.value().to_vec())
+                    else {
+                        continue;
+                    };
+                    let mut m: StoredMessage = serde_json::from_slice(&bytes)
+                        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                    if m.confirm.take().is_some() {
+                        let bytes = serde_json::to_vec(&m).map_err(unavailable)?;
+                        messages
+                            .insert(key, bytes.as_slice())
+                            .map_err(unavailable)?;
+                    }
+                }
             }
         }
         txn.open_table(META)
@@ -173,7 +216,7 @@ fn apply(db: &Database, batch: &[Write], next_seq: &mut u64) -> Result<(), Store
         Ok(())
     })();
     match result.and_then(|()| txn.commit().map_err(unavailable)) {
-        Ok(()) => Ok(()),
+        Ok(()) => Ok(answers),
         Err(e) => {
             *next_seq = start;
             Err(e)
@@ -194,12 +237,17 @@ fn bump(counts: &mut redb::Table<&str, u64>, user: &str, delta: i64) -> Result<(
 
 #[async_trait]
 impl Store for EmbeddedStore {
-    async fn persist(&self, message: &StoredMessage) -> Result<(), StoreError> {
+    async fn persist(
+        &self,
+        message: &StoredMessage,
+        max_kept: u64,
+    ) -> Result<Persisted, StoreError> {
         let message = message.clone();
-        self.write(|reply| Write::Persist(message, reply)).await
+        self.write(|reply| Write::Persist(message, max_kept, reply))
+            .await
     }
 
-    async fn fetch(&self, user: &UserId, limit: usize) -> Result<Fetched, StoreError> {
+    async fn fetch(&self, user: &UserId, after: u64, limit: usize) -> Result<Fetched, StoreError> {
         let db = self.db.clone();
         let user = user.clone();
         tokio::task::spawn_blocking(move || {
@@ -213,14 +261,26 @@ impl Store for EmbeddedStore {
                 .unwrap_or(0);
             let table = txn.open_table(MESSAGES).map_err(unavailable)?;
             let mut messages = Vec::with_capacity(limit.min(total as usize));
+            // After 0 is from the start (a file from before numbers began at 1 has a 0).
+            let first = if after == 0 {
+                0
+            } else {
+                after.saturating_add(1)
+            };
+            if after == u64::MAX {
+                return Ok(Fetched { messages, total });
+            }
             let range = table
-                .range((user.as_str(), 0u64)..=(user.as_str(), u64::MAX))
+                .range((user.as_str(), first)..=(user.as_str(), u64::MAX))
                 .map_err(unavailable)?;
             for row in range.take(limit) {
-                let (_, value) = row.map_err(unavailable)?;
-                let m: StoredMessage = serde_json::from_slice(value.value())
+                let (key, value) = row.map_err(unavailable)?;
+                let message: StoredMessage = serde_json::from_slice(value.value())
                     .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                messages.push(m);
+                messages.push(Kept {
+                    seq: key.value().1,
+                    message,
+                });
             }
             Ok(Fetched { messages, total })
         })
@@ -230,7 +290,16 @@ impl Store for EmbeddedStore {
 
     async fn remove(&self, user: &UserId, id: MessageId) -> Result<(), StoreError> {
         let user = user.clone();
-        self.write(|reply| Write::Remove(user, id, reply)).await
+        self.write(|reply| Write::Remove(user, id, reply))
+            .await
+            .map(drop)
+    }
+
+    async fn confirmed(&self, user: &UserId, id: MessageId) -> Result<(), StoreError> {
+        let user = user.clone();
+        self.write(|reply| Write::Confirmed(user, id, reply))
+            .await
+            .map(drop)
     }
 }
 
@@ -258,26 +327,30 @@ mod tests {
         {
             let store = EmbeddedStore::open(dir.path()).unwrap();
             for m in &stored {
-                store.persist(m).await.unwrap();
+                store.persist(m, 100).await.unwrap();
             }
-            store.persist(&message(&other, 9)).await.unwrap();
+            store.persist(&message(&other, 9), 100).await.unwrap();
             // A group message is stored once per member under one id.
             let mut shared = message(&other, 10);
             shared.id = stored[4].id;
-            store.persist(&shared).await.unwrap();
+            store.persist(&shared, 100).await.unwrap();
             // Persisting the same id again keeps one copy.
-            store.persist(&stored[0]).await.unwrap();
+            store.persist(&stored[0], 100).await.unwrap();
         }
         let store = EmbeddedStore::open(dir.path()).unwrap();
-        let f = store.fetch(&user, 3).await.unwrap();
+        let f = store.fetch(&user, 0, 3).await.unwrap();
         assert_eq!(f.total, 5);
-        let frames: Vec<_> = f.messages.iter().map(|m| m.frame.as_str()).collect();
+        let frames: Vec<_> = f
+            .messages
+            .iter()
+            .map(|m| m.message.frame.as_str())
+            .collect();
         assert_eq!(frames, ["frame-0", "frame-1", "frame-2"]);
         store.remove(&user, stored[0].id).await.unwrap();
         store.remove(&user, stored[0].id).await.unwrap();
-        let f = store.fetch(&user, 10).await.unwrap();
+        let f = store.fetch(&user, 0, 10).await.unwrap();
         assert_eq!(f.total, 4);
         assert_eq!(f.messages.len(), 4);
-        assert_eq!(store.fetch(&other, 10).await.unwrap().total, 2);
+        assert_eq!(store.fetch(&other, 0, 10).await.unwrap().total, 2);
     }
 }

@@ -2,7 +2,9 @@
 //!
 //! Everything lives and dies with the one process, so entries need no expiry and refresh is a
 //! no-op. Processed marks are kept for relays from other domains, which may arrive twice: at
-//! most [`MAX_MARKS`], each for at most [`MARK_TTL`], oldest forgotten first.
+//! most [`MAX_MARKS`], each for at most [`MARK_TTL`], oldest forgotten first. Reference
+//! claims are kept, bounded: expired ones are swept as the map grows, and past
+//! `MAX_CLAIMS` live ones a new claim is not remembered (counted), so memory stays bounded.
 
 use std::time::{Duration, Instant};
 
@@ -19,10 +21,15 @@ pub const MAX_MARKS: usize = 100_000;
 
 /// How long a processed mark is kept.
 pub const MARK_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Most reference claims remembered at once.
+pub const MAX_CLAIMS: usize = 1_000_000;
 
 #[derive(Default)]
 pub struct MemoryPresence {
     sockets: DashMap<UserId, Vec<SocketAddress>>,
+    claims: DashMap<String, (MessageId, Instant)>,
+    /// Size at which expired claims are swept next.
+    sweep_at: std::sync::atomic::AtomicUsize,
     locks: DashMap<UserId, (u64, Instant)>,
     unlocked: Notify,
     next_token: std::sync::atomic::AtomicU64,
@@ -142,6 +149,47 @@ impl Presence for MemoryPresence {
         marks.forget_old(now);
         Ok(())
     }
+
+    async fn claim(
+        &self,
+        key: &str,
+        id: MessageId,
+        window: Duration,
+    ) -> Result<MessageId, PresenceError> {
+        let now = Instant::now();
+        self.sweep_claims(now);
+        if let Some(held) = self.claims.get(key)
+            && held.1 > now
+        {
+            return Ok(held.0);
+        }
+        if self.claims.len() >= MAX_CLAIMS {
+            tracing::debug!("reference claims at their bound; this one is not remembered");
+            return Ok(id);
+        }
+        let mut entry = self
+            .claims
+            .entry(key.to_owned())
+            .or_insert((id, now + window));
+        if entry.1 <= now {
+            *entry = (id, now + window);
+        }
+        Ok(entry.0)
+    }
+}
+
+impl MemoryPresence {
+    /// Drops expired claims once the map has doubled since the last sweep.
+    fn sweep_claims(&self, now: Instant) {
+        use std::sync::atomic::Ordering;
+        let at = self.sweep_at.load(Ordering::Relaxed).max(1024);
+        if self.claims.len() < at {
+            return;
+        }
+        self.claims.retain(|_, (_, until)| *until > now);
+        self.sweep_at
+            .store((self.claims.len() * 2).max(1024), Ordering::Relaxed);
+    }
 }
 
 #[cfg(test)]
@@ -182,5 +230,17 @@ mod tests {
         // Not unlocked: the next holder gets it once the ttl runs out.
         let got = p.lock(&u, ttl, Duration::from_secs(2)).await;
         assert!(got.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_claim_holds_its_key_for_the_window_then_frees_it() {
+        let p = MemoryPresence::new();
+        let (first, second) = (MessageId::new(), MessageId::new());
+        let window = Duration::from_millis(200);
+        assert_eq!(p.claim("k", first, window).await.unwrap(), first);
+        assert_eq!(p.claim("k", first, window).await.unwrap(), first);
+        assert_eq!(p.claim("k", second, window).await.unwrap(), first);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        assert_eq!(p.claim("k", second, window).await.unwrap(), second);
     }
 }

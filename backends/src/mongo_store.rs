@@ -3,6 +3,9 @@
 //! A user's order is `seq` = the user's highest stored `seq` + 1, guarded by a unique `{to, seq}`
 //! index: a writer that loses the race takes the next. No findAndModify counter: FerretDB v1
 //! (the test engine) runs it as a read then a write, so two writers can draw the same number.
+//! So that a user's numbers are never reused, removing the user's highest-numbered message
+//! leaves a `gone` tombstone (no frame) in its place, which reads skip and the next removal of
+//! a highest message clears.
 
 use std::time::Duration;
 
@@ -15,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use common::envelope::{Confirm, StoredMessage};
 use common::ids::{MessageId, UserId};
-use common::store::{Fetched, Store, StoreError};
+use common::store::{Fetched, Kept, Persisted, Store, StoreError};
 
 /// How long one store call (all its round trips) may take before it fails with `Unavailable`.
 pub const OPERATION_TIMEOUT: Duration = Duration::from_secs(5);
@@ -38,6 +41,18 @@ struct MessageDoc {
     frame: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     confirm: Option<ConfirmDoc>,
+    /// A removed message kept only to hold the user's highest number.
+    #[serde(default, skip_serializing_if = "is_false")]
+    gone: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// The filter of a user's kept (not gone) messages.
+fn kept_by(user: &str) -> Document {
+    doc! { "to": user, "gone": { "$ne": true } }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -69,6 +84,7 @@ impl MessageDoc {
                 to: c.to.to_string(),
                 reference: c.reference.clone(),
             }),
+            gone: false,
         }
     }
 
@@ -179,25 +195,46 @@ impl MongoStore {
         Ok(last.map_or(0, |d| d.seq))
     }
 
-    async fn persist_once(&self, m: &StoredMessage) -> Result<(), StoreError> {
+    /// The `seq` of the document `key`, if it is stored.
+    async fn seq_of(&self, key: &str) -> Result<Option<i64>, StoreError> {
+        let found = self
+            .messages
+            .clone_with_type::<SeqDoc>()
+            .find_one(doc! { "_id": key })
+            .projection(doc! { "seq": 1, "_id": 0 })
+            .await
+            .map_err(unavailable)?;
+        Ok(found.map(|d| d.seq))
+    }
+
+    async fn persist_once(
+        &self,
+        m: &StoredMessage,
+        max_kept: u64,
+    ) -> Result<Persisted, StoreError> {
         let user = m.to.as_str();
+        let kept = self
+            .messages
+            .count_documents(kept_by(user))
+            .await
+            .map_err(unavailable)?;
+        if kept >= max_kept {
+            // Full, unless this is a redelivery of a message kept already.
+            return Ok(match self.seq_of(&key(&m.to, m.id)).await? {
+                Some(seq) => Persisted::Kept(seq.max(0) as u64),
+                None => Persisted::Full,
+            });
+        }
         for _ in 0..MAX_SEQ_ATTEMPTS {
             let seq = self.last_seq(user).await? + 1;
             let doc = MessageDoc::new(m, seq);
             match self.messages.insert_one(&doc).await {
-                Ok(_) => return Ok(()),
+                Ok(_) => return Ok(Persisted::Kept(seq as u64)),
                 Err(e) if is_duplicate_key(&e) => {
                     // Either this id is stored already (a redelivery: done), or another writer
                     // took this seq first (take the next one).
-                    let stored = self
-                        .messages
-                        .clone_with_type::<Document>()
-                        .find_one(doc! { "_id": &doc.key })
-                        .projection(doc! { "_id": 1 })
-                        .await
-                        .map_err(unavailable)?;
-                    if stored.is_some() {
-                        return Ok(());
+                    if let Some(seq) = self.seq_of(&doc.key).await? {
+                        return Ok(Persisted::Kept(seq.max(0) as u64));
                     }
                     tracing::debug!(user, seq, "another writer took this seq; taking the next");
                 }
@@ -209,13 +246,19 @@ impl MongoStore {
         )))
     }
 
-    async fn fetch_once(&self, user: &UserId, limit: usize) -> Result<Fetched, StoreError> {
-        let filter = doc! { "to": user.as_str() };
+    async fn fetch_once(
+        &self,
+        user: &UserId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Fetched, StoreError> {
         let total = self
             .messages
-            .count_documents(filter.clone())
+            .count_documents(kept_by(user.as_str()))
             .await
             .map_err(unavailable)?;
+        let mut filter = kept_by(user.as_str());
+        filter.insert("seq", doc! { "$gt": after.min(i64::MAX as u64) as i64 });
         let mut messages = Vec::with_capacity(limit.min(total as usize));
         // A limit of 0 means "no limit" to MongoDB.
         if limit > 0 && total > 0 {
@@ -230,27 +273,70 @@ impl MongoStore {
                 let doc = cursor
                     .deserialize_current()
                     .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                messages.push(doc.into_message()?);
+                let seq = doc.seq.max(0) as u64;
+                messages.push(Kept {
+                    seq,
+                    message: doc.into_message()?,
+                });
             }
         }
         Ok(Fetched { messages, total })
+    }
+
+    /// Deletes the message, or, if it holds the user's highest number, leaves a tombstone
+    /// there and clears older tombstones.
+    async fn remove_once(&self, user: &UserId, id: MessageId) -> Result<(), StoreError> {
+        let key = key(user, id);
+        let Some(seq) = self.seq_of(&key).await? else {
+            return Ok(());
+        };
+        if seq < self.last_seq(user.as_str()).await? {
+            self.messages
+                .delete_one(doc! { "_id": &key })
+                .await
+                .map_err(unavailable)?;
+            return Ok(());
+        }
+        self.messages
+            .update_one(
+                doc! { "_id": &key },
+                doc! { "$set": { "gone": true, "frame": "" }, "$unset": { "confirm": "" } },
+            )
+            .await
+            .map_err(unavailable)?;
+        self.messages
+            .delete_many(doc! { "to": user.as_str(), "gone": true, "seq": { "$lt": seq } })
+            .await
+            .map_err(unavailable)?;
+        Ok(())
     }
 }
 
 #[async_trait]
 impl Store for MongoStore {
-    async fn persist(&self, message: &StoredMessage) -> Result<(), StoreError> {
-        self.bounded(self.persist_once(message)).await
+    async fn persist(
+        &self,
+        message: &StoredMessage,
+        max_kept: u64,
+    ) -> Result<Persisted, StoreError> {
+        self.bounded(self.persist_once(message, max_kept)).await
     }
 
-    async fn fetch(&self, user: &UserId, limit: usize) -> Result<Fetched, StoreError> {
-        self.bounded(self.fetch_once(user, limit)).await
+    async fn fetch(&self, user: &UserId, after: u64, limit: usize) -> Result<Fetched, StoreError> {
+        self.bounded(self.fetch_once(user, after, limit)).await
     }
 
     async fn remove(&self, user: &UserId, id: MessageId) -> Result<(), StoreError> {
+        self.bounded(self.remove_once(user, id)).await
+    }
+
+    async fn confirmed(&self, user: &UserId, id: MessageId) -> Result<(), StoreError> {
         self.bounded(async {
             self.messages
-                .delete_one(doc! { "_id": key(user, id) })
+                .update_one(
+                    doc! { "_id": key(user, id) },
+                    doc! { "$unset": { "confirm": "" } },
+                )
                 .await
                 .map(drop)
                 .map_err(unavailable)

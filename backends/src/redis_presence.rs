@@ -1,6 +1,7 @@
 //! Presence on Redis, shared by every connector and processor of a domain. Keys under
 //! `linker:<namespace>:` — `presence:<user>` (sorted set of `<connector>/<socket>`, score =
-//! expiry in ms), `lock:<user>` (token, `SET NX PX`), `done:<message id>` (processed mark, 24 h).
+//! expiry in ms), `lock:<user>` (token, `SET NX PX`), `done:<message id>` (processed mark, 24 h),
+//! `claim:<key>` (the message id holding a sender's reference, `SET NX PX` for the window).
 //! Expiry is reckoned by scripts on the Redis server's clock, never a host's, so skewed clocks
 //! cannot age sockets early. Every command is bounded by a timeout; the manager reconnects.
 
@@ -56,6 +57,14 @@ end
 return 0
 ";
 
+/// Sets `KEYS[1]` to `ARGV[1]` for `ARGV[2]` ms unless it is set; answers what it holds.
+const CLAIM_SCRIPT: &str = r"
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return ARGV[1]
+end
+return redis.call('GET', KEYS[1])
+";
+
 pub struct RedisPresence {
     con: ConnectionManager,
     prefix: String,
@@ -64,6 +73,7 @@ pub struct RedisPresence {
     add: Script,
     lookup: Script,
     unlock: Script,
+    claim: Script,
     tokens: RandomState,
     next_token: AtomicU64,
 }
@@ -99,6 +109,7 @@ impl RedisPresence {
             add: Script::new(ADD_SCRIPT),
             lookup: Script::new(LOOKUP_SCRIPT),
             unlock: Script::new(UNLOCK_SCRIPT),
+            claim: Script::new(CLAIM_SCRIPT),
             tokens: RandomState::new(),
             next_token: AtomicU64::new(0),
         };
@@ -286,6 +297,28 @@ impl Presence for RedisPresence {
         self.bounded(redis::cmd("PING").query_async::<String>(&mut con))
             .await
             .map(drop)
+    }
+
+    async fn claim(
+        &self,
+        key: &str,
+        id: MessageId,
+        window: Duration,
+    ) -> Result<MessageId, PresenceError> {
+        let mut con = self.con.clone();
+        let held: Option<String> = self
+            .bounded(
+                self.claim
+                    .key(format!("{}claim:{key}", self.prefix))
+                    .arg(id.to_string())
+                    .arg(window.as_millis().max(1) as u64)
+                    .invoke_async(&mut con),
+            )
+            .await?;
+        // Expired between the two commands: nobody holds it, so it is as good as ours.
+        Ok(held
+            .and_then(|h| uuid::Uuid::parse_str(&h).ok())
+            .map_or(id, MessageId))
     }
 }
 

@@ -56,9 +56,9 @@ fn message(to: &UserId, id: MessageId, created_at: u64, frame: &str) -> StoredMe
 }
 
 async fn frames(store: &MongoStore, user: &UserId) -> Vec<String> {
-    let f = store.fetch(user, 10_000).await.unwrap();
+    let f = store.fetch(user, 0, 10_000).await.unwrap();
     assert_eq!(f.total as usize, f.messages.len());
-    f.messages.into_iter().map(|m| m.frame).collect()
+    f.messages.into_iter().map(|m| m.message.frame).collect()
 }
 
 #[tokio::test]
@@ -81,14 +81,14 @@ async fn stored_messages_survive_a_new_client() {
     let second = message(&user, MessageId::new(), 18, "second");
     {
         let store = db.store().await;
-        store.persist(&first).await.unwrap();
-        store.persist(&second).await.unwrap();
+        store.persist(&first, 1000).await.unwrap();
+        store.persist(&second, 1000).await.unwrap();
     }
     // A new client, as a restarted process would have.
     let store = db.store().await;
-    let f = store.fetch(&user, 10).await.unwrap();
+    let f = store.fetch(&user, 0, 10).await.unwrap();
     assert_eq!(f.total, 2);
-    let back = &f.messages[0];
+    let back = &f.messages[0].message;
     assert_eq!(
         (back.id, &back.to, back.created_at, back.frame.as_str()),
         (first.id, &user, 17, "first")
@@ -98,8 +98,8 @@ async fn stored_messages_survive_a_new_client() {
         (&confirm.to, confirm.reference.as_str()),
         (&sender, "ref-1")
     );
-    assert_eq!(f.messages[1].id, second.id);
-    assert!(f.messages[1].confirm.is_none());
+    assert_eq!(f.messages[1].message.id, second.id);
+    assert!(f.messages[1].message.confirm.is_none());
     db.drop().await;
 }
 
@@ -116,21 +116,21 @@ async fn order_holds_for_messages_persisted_in_the_same_millisecond_by_two_handl
         let id = MessageId(uuid::Uuid::from_u128(u128::MAX - i as u128));
         let handle = if i % 2 == 0 { &a } else { &b };
         handle
-            .persist(&message(&user, id, now, frame))
+            .persist(&message(&user, id, now, frame), 1000)
             .await
             .unwrap();
     }
     assert_eq!(frames(&a, &user).await, sent);
     assert_eq!(frames(&b, &user).await, sent);
     // Fetched in pages, removed as delivered, the rest keeps its order.
-    let page = a.fetch(&user, 5).await.unwrap();
+    let page = a.fetch(&user, 0, 5).await.unwrap();
     assert_eq!(page.total, 20);
     for m in &page.messages {
-        b.remove(&user, m.id).await.unwrap();
+        b.remove(&user, m.message.id).await.unwrap();
     }
     assert_eq!(frames(&a, &user).await, sent[5..]);
     // New messages go after the ones still stored.
-    b.persist(&message(&user, MessageId::new(), now, "late"))
+    b.persist(&message(&user, MessageId::new(), now, "late"), 1000)
         .await
         .unwrap();
     assert_eq!(
@@ -155,7 +155,7 @@ async fn concurrent_writers_for_one_user_store_each_message_once_in_each_writers
         redelivered.push((store.clone(), messages[per_writer / 2].clone()));
         writers.spawn(async move {
             for m in &messages {
-                store.persist(m).await.unwrap();
+                store.persist(m, 1000).await.unwrap();
             }
         });
     }
@@ -164,7 +164,7 @@ async fn concurrent_writers_for_one_user_store_each_message_once_in_each_writers
     }
     // A redelivery through another handle is stored once.
     let (store, m) = &redelivered[0];
-    redelivered[1].0.persist(m).await.unwrap();
+    redelivered[1].0.persist(m, 1000).await.unwrap();
     let all = frames(store, &user).await;
     assert_eq!(all.len(), 3 * per_writer, "each message once: {all:?}");
     assert_eq!(all.iter().collect::<HashSet<_>>().len(), all.len());
@@ -187,11 +187,11 @@ async fn a_fetch_with_limit_zero_returns_only_the_total() {
     let user = fresh_user();
     for i in 0..3 {
         store
-            .persist(&message(&user, MessageId::new(), i, "x"))
+            .persist(&message(&user, MessageId::new(), i, "x"), 1000)
             .await
             .unwrap();
     }
-    let f = store.fetch(&user, 0).await.unwrap();
+    let f = store.fetch(&user, 0, 0).await.unwrap();
     assert_eq!((f.total, f.messages.len()), (3, 0));
     db.drop().await;
 }

@@ -63,15 +63,15 @@ async fn a_stopped_mongo_gives_unavailable_and_the_same_handle_works_after_resta
         confirm: None,
     };
     let before = message("before");
-    store.persist(&before).await.unwrap();
+    store.persist(&before, 1000).await.unwrap();
 
     let restart = RestartOnDrop;
     services("stop");
     for call in ["fetch", "persist", "remove"] {
         let start = Instant::now();
         let result = match call {
-            "fetch" => store.fetch(&user, 10).await.map(drop),
-            "persist" => store.persist(&message("while down")).await,
+            "fetch" => store.fetch(&user, 0, 10).await.map(drop),
+            "persist" => store.persist(&message("while down"), 1000).await.map(drop),
             _ => store.remove(&user, before.id).await,
         };
         let took = start.elapsed();
@@ -91,8 +91,8 @@ async fn a_stopped_mongo_gives_unavailable_and_the_same_handle_works_after_resta
     let back = Instant::now();
     let after = message("after");
     loop {
-        match store.persist(&after).await {
-            Ok(()) => break,
+        match store.persist(&after, 1000).await {
+            Ok(_) => break,
             Err(e) => {
                 assert!(
                     back.elapsed() < Duration::from_secs(30),
@@ -104,8 +104,12 @@ async fn a_stopped_mongo_gives_unavailable_and_the_same_handle_works_after_resta
         }
     }
     eprintln!("working again {:?} after the restart", back.elapsed());
-    let f = store.fetch(&user, 10).await.unwrap();
-    let frames: Vec<_> = f.messages.iter().map(|m| m.frame.as_str()).collect();
+    let f = store.fetch(&user, 0, 10).await.unwrap();
+    let frames: Vec<_> = f
+        .messages
+        .iter()
+        .map(|m| m.message.frame.as_str())
+        .collect();
     assert_eq!(
         frames,
         ["before", "after"],

@@ -76,6 +76,7 @@ fn envelope(from: &UserId, feature: Feature, n: u32) -> Envelope {
         confirm: false,
         created_at: common::now_millis(),
         hops: 0,
+        ack: false,
         body: Body::Message {
             to: from.clone(),
             content: RawValue::from_string(n.to_string()).expect("a number is JSON"),

@@ -93,6 +93,7 @@ fn envelope(from: &UserId, feature: Feature, n: u32) -> Envelope {
         confirm: false,
         created_at: common::now_millis(),
         hops: 0,
+        ack: false,
         body: Body::Message {
             to: from.clone(),
             content: RawValue::from_string(n.to_string()).expect("a number is JSON"),
@@ -187,6 +188,7 @@ async fn fast_publish_and_requests_fail_while_nats_is_down_and_work_after_restar
             if let Some(r) = c.reply {
                 r.reply(DeliveryReport {
                     written: vec![true],
+                    ..Default::default()
                 })
             }
         }

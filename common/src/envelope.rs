@@ -31,7 +31,15 @@ pub struct Envelope {
     pub created_at: u64,
     #[serde(default)]
     pub hops: u8,
+    /// The sending socket speaks the acknowledged protocol: its RELIABLE messages with a
+    /// reference are answered with MESSAGE_ACCEPTED and de-duplicated by reference.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub ack: bool,
     pub body: Body,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// What an envelope asks for.
@@ -61,6 +69,12 @@ pub enum Body {
     UserConnected,
     /// `from`'s socket `origin` closed.
     UserDisconnected,
+    /// `from` acknowledges these kept messages: they leave the store.
+    Ack {
+        ids: Vec<MessageId>,
+    },
+    /// `from` logged in an acking socket on `origin`: resend what is kept for them.
+    Resume,
     /// Work for users of another domain, on its way there over domain links.
     Relay(Box<Relay>),
 }
@@ -134,6 +148,10 @@ pub enum ConnectorCommand {
         feature: Feature,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<MessageId>,
+        /// For acking sockets: the frame's place in the user's sequence, or the end of a
+        /// resume. Sockets that do not ack ignore it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ack: Option<AckMark>,
     },
     /// Close each target socket with the given reason.
     Close {
@@ -142,11 +160,28 @@ pub enum ConnectorCommand {
     },
 }
 
+/// What a `Deliver` means to an acking socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum AckMark {
+    /// The frame is kept under this per-user sequence number until the user acknowledges it;
+    /// held back while the socket is resuming.
+    Seq(u64),
+    /// As `Seq`, for a frame that a resume or a fetch sends again: never held back.
+    Resent(u64),
+    /// The last frame of a resume: frames held back while it ran may now be written.
+    ResumeEnd,
+}
+
 /// A connector's answer to a `Deliver` it was asked to report on: for each target, in order,
-/// whether the frame was written to the socket.
+/// whether the frame was written to the socket, and whether the socket acknowledges (then a
+/// RELIABLE frame with an id is written to it only with a sequence number, and stays kept
+/// until acknowledged). `acking` is empty when no target acknowledges.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeliveryReport {
     pub written: Vec<bool>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub acking: Vec<bool>,
 }
 
 impl DeliveryReport {
@@ -193,6 +228,7 @@ mod tests {
             confirm: true,
             created_at: 1,
             hops: 2,
+            ack: true,
             body,
         }
     }
@@ -242,6 +278,10 @@ mod tests {
                     ids: vec![MessageId::new()],
                 },
             })),
+            Body::Ack {
+                ids: vec![MessageId::new()],
+            },
+            Body::Resume,
         ];
         for body in bodies {
             let e = envelope(body);

@@ -11,7 +11,7 @@ use std::collections::HashSet;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::ids::{IdError, UserId};
+use crate::ids::{IdError, MessageId, UserId};
 
 /// Every frame type of the protocol, with its wire name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,6 +30,10 @@ pub enum MessageType {
     UserDisconnected,
     InvalidMessage,
     GeneralError,
+    // The acknowledged protocol (additive: only sockets that opt in at AUTH_CLIENT see them).
+    Ack,
+    MessageAccepted,
+    ResumeComplete,
     // Internal types of the original system: known, so a client sending one is told it is
     // forbidden rather than unknown.
     Any,
@@ -40,7 +44,7 @@ pub enum MessageType {
 }
 
 impl MessageType {
-    const ALL: [MessageType; 18] = [
+    const ALL: [MessageType; 21] = [
         MessageType::AuthClient,
         MessageType::AuthClientReply,
         MessageType::AuthRequired,
@@ -54,6 +58,9 @@ impl MessageType {
         MessageType::UserDisconnected,
         MessageType::InvalidMessage,
         MessageType::GeneralError,
+        MessageType::Ack,
+        MessageType::MessageAccepted,
+        MessageType::ResumeComplete,
         MessageType::Any,
         MessageType::GroupConnectorMessage,
         MessageType::MessageStateChanged,
@@ -77,6 +84,9 @@ impl MessageType {
             MessageType::UserDisconnected => "USER_DISCONNECTED",
             MessageType::InvalidMessage => "INVALID_MESSAGE",
             MessageType::GeneralError => "GENERAL_ERROR",
+            MessageType::Ack => "ACK",
+            MessageType::MessageAccepted => "MESSAGE_ACCEPTED",
+            MessageType::ResumeComplete => "RESUME_COMPLETE",
             MessageType::Any => "ANY",
             MessageType::GroupConnectorMessage => "GROUP_CONNECTOR_MESSAGE",
             MessageType::MessageStateChanged => "MESSAGE_STATE_CHANGED",
@@ -98,6 +108,7 @@ impl MessageType {
                 | MessageType::GroupMessage
                 | MessageType::CloseConnection
                 | MessageType::FetchMissingMessagesRequest
+                | MessageType::Ack
         )
     }
 }
@@ -141,6 +152,9 @@ pub fn outbound_type(frame: &str) -> &'static str {
 
 /// Longest `reference` accepted, in bytes.
 pub const MAX_REFERENCE_LEN: usize = 256;
+
+/// Most message ids one `ACK {ids}` may name.
+pub const MAX_ACK_IDS: usize = 1000;
 
 /// Limits applied while parsing.
 #[derive(Debug, Clone, Copy)]
@@ -233,6 +247,8 @@ pub enum ClientBody {
         app_id: String,
         user_id: String,
         token: Option<String>,
+        /// The socket speaks the acknowledged protocol (`"ack": true`).
+        ack: bool,
     },
     Message {
         to: UserId,
@@ -248,6 +264,11 @@ pub enum ClientBody {
     FetchMissingMessages {
         count: u32,
     },
+    /// `ACK {upTo?, ids?}`: at least one of the two.
+    Ack {
+        up_to: Option<u64>,
+        ids: Vec<MessageId>,
+    },
 }
 
 impl ClientBody {
@@ -258,6 +279,7 @@ impl ClientBody {
             ClientBody::GroupMessage { .. } => MessageType::GroupMessage,
             ClientBody::CloseConnection { .. } => MessageType::CloseConnection,
             ClientBody::FetchMissingMessages { .. } => MessageType::FetchMissingMessagesRequest,
+            ClientBody::Ack { .. } => MessageType::Ack,
         }
     }
 }
@@ -367,6 +389,12 @@ struct RawData<'a> {
     content: Option<&'a RawValue>,
     #[serde(borrow, default)]
     count: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    ack: Option<&'a RawValue>,
+    #[serde(rename = "upTo", borrow, default)]
+    up_to: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    ids: Option<&'a RawValue>,
 }
 
 /// Why text that starts like an object did not read as a frame. Every key of `RawFrame` takes
@@ -411,6 +439,7 @@ fn parse_body(
             app_id: required::<String>(data.app_id, "appId", "must be a string")?,
             user_id: required::<String>(data.user_id, "userId", "must be a string")?,
             token: optional::<String>(data.token, "token", "must be a string")?,
+            ack: optional::<bool>(data.ack, "ack", "must be a boolean")?.unwrap_or(false),
         }),
         MessageType::Message => Ok(ClientBody::Message {
             to: user_id(
@@ -467,8 +496,35 @@ fn parse_body(
                 count: count.min(u32::MAX as i64) as u32,
             })
         }
+        MessageType::Ack => ack_body(&data),
         other => Err(FrameError::ForbiddenType(other)),
     }
+}
+
+/// `ACK {upTo?, ids?}`: a sequence number, message ids, or both; not neither.
+fn ack_body(data: &RawData<'_>) -> Result<ClientBody, FrameError> {
+    let up_to = optional::<u64>(data.up_to, "upTo", "must be a non-negative integer")?;
+    const IDS: &str = "must be an array of message id strings";
+    let raw: Option<Vec<Cow<'_, str>>> = optional(data.ids, "ids", IDS)?;
+    let raw = raw.unwrap_or_default();
+    if raw.len() > MAX_ACK_IDS {
+        return Err(FrameError::InvalidField {
+            field: "ids",
+            expected: "names more than 1000 message ids",
+        });
+    }
+    let ids = raw
+        .iter()
+        .map(|id| uuid::Uuid::parse_str(id).map(MessageId))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| FrameError::InvalidField {
+            field: "ids",
+            expected: IDS,
+        })?;
+    if up_to.is_none() && ids.is_empty() {
+        return Err(FrameError::MissingField("upTo"));
+    }
+    Ok(ClientBody::Ack { up_to, ids })
 }
 
 fn content(raw: Option<&RawValue>) -> Result<Box<RawValue>, FrameError> {
@@ -581,6 +637,29 @@ pub fn out_auth_wrong_domain(
     )
 }
 
+/// `AUTH_CLIENT_REPLY {appId, userId, isAuthenticated: true, ack: true}`: the login of a
+/// socket that asked for the acknowledged protocol (an older server never sends `ack`).
+pub fn out_auth_acked(app_id: &str, user_id: &str) -> String {
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Acked<'a> {
+        app_id: &'a str,
+        user_id: &'a str,
+        is_authenticated: bool,
+        ack: bool,
+    }
+    write(
+        MessageType::AuthClientReply,
+        Acked {
+            app_id,
+            user_id,
+            is_authenticated: true,
+            ack: true,
+        },
+        None,
+    )
+}
+
 /// `AUTH_REQUIRED {}`, echoing the frame's reference.
 pub fn out_auth_required(reference: Option<&str>) -> String {
     write(MessageType::AuthRequired, Empty {}, reference)
@@ -619,6 +698,27 @@ pub fn out_confirmation(reference: &str) -> String {
         Reference { reference },
         None,
     )
+}
+
+/// `MESSAGE_ACCEPTED {reference}`: the sender's RELIABLE message is safe with the server.
+pub fn out_accepted(reference: &str) -> String {
+    write(MessageType::MessageAccepted, Reference { reference }, None)
+}
+
+/// `RESUME_COMPLETE {resent}`: everything kept for an acking socket at login was resent.
+pub fn out_resume_complete(resent: u64) -> String {
+    #[derive(Serialize)]
+    struct Resent {
+        resent: u64,
+    }
+    write(MessageType::ResumeComplete, Resent { resent }, None)
+}
+
+/// The frame as an acking socket gets it: `seq` and `id` added at the top level. `frame` is
+/// one of this file's outbound frames, so a JSON object ending in `}`.
+pub fn with_seq(frame: &str, seq: u64, id: MessageId) -> String {
+    let body = frame.strip_suffix('}').unwrap_or(frame);
+    format!("{body},\"seq\":{seq},\"id\":\"{id}\"}}")
 }
 
 #[derive(Serialize)]
@@ -833,6 +933,39 @@ mod tests {
             ClientBody::GroupMessage { to, .. } => assert_eq!(to.len(), 1, "sent once"),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn ack_frames_parse_and_bad_ones_are_refused() {
+        let id = MessageId::new();
+        let text = format!(r#"{{"type":"ACK","data":{{"upTo":7,"ids":["{id}"]}}}}"#);
+        match parse(&text).unwrap().body {
+            ClientBody::Ack { up_to, ids } => assert_eq!((up_to, ids), (Some(7), vec![id])),
+            other => panic!("{other:?}"),
+        }
+        for (text, reason) in [
+            (r#"{"type":"ACK","data":{}}"#, "MISSING_FIELD"),
+            (r#"{"type":"ACK","data":{"upTo":-1}}"#, "INVALID_FIELD"),
+            (r#"{"type":"ACK","data":{"ids":["nope"]}}"#, "INVALID_FIELD"),
+            (r#"{"type":"ACK","data":{"ids":"x"}}"#, "INVALID_FIELD"),
+        ] {
+            assert_eq!(parse(text).expect_err(text).reason(), reason, "{text}");
+        }
+        let auth = r#"{"type":"AUTH_CLIENT","data":{"appId":"a","userId":"ANZ-1","ack":true}}"#;
+        assert!(matches!(
+            parse(auth).unwrap().body,
+            ClientBody::AuthClient { ack: true, .. }
+        ));
+    }
+
+    #[test]
+    fn a_sequenced_frame_carries_seq_and_id_at_the_top_level() {
+        let id = MessageId::new();
+        let frame = with_seq(&out_confirmation("r"), 9, id);
+        let v: serde_json::Value = serde_json::from_str(&frame).unwrap();
+        assert_eq!(v["seq"], 9);
+        assert_eq!(v["id"], id.to_string());
+        assert_eq!(v["data"]["reference"], "r");
     }
 
     #[test]

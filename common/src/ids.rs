@@ -200,6 +200,12 @@ impl MessageId {
             self.0.as_u128() ^ (u128::from(h) << 64 | u128::from(h.rotate_left(29))),
         ))
     }
+
+    /// The mark recording that `user` acknowledged this message: a fixed function of both, so
+    /// it is recognised after a restart.
+    pub fn acknowledged_by(self, user: &UserId) -> MessageId {
+        self.derive(&format!("acknowledged by {}", user.as_str()))
+    }
 }
 
 impl Default for MessageId {
@@ -223,6 +229,19 @@ impl fmt::Debug for MessageId {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_acknowledged_mark_differs_per_user_and_per_message() {
+        let (a, b) = (
+            UserId::parse("ANZ-1").unwrap(),
+            UserId::parse("ANZ-2").unwrap(),
+        );
+        let (m, n) = (MessageId::new(), MessageId::new());
+        assert_eq!(m.acknowledged_by(&a), m.acknowledged_by(&a));
+        assert_ne!(m.acknowledged_by(&a), m.acknowledged_by(&b));
+        assert_ne!(m.acknowledged_by(&a), n.acknowledged_by(&a));
+        assert_ne!(m.acknowledged_by(&a), m);
+    }
 
     #[test]
     fn user_id_splits_into_app_and_number() {

@@ -1,5 +1,6 @@
 //! Presence: which sockets each user holds, the per-user lock that keeps two fetches apart,
-//! and the marks that recognise a redelivered envelope.
+//! the marks that recognise a redelivered envelope, and the claims that recognise a retried
+//! message (same sender and reference) within a window.
 //!
 //! Connectors add, refresh and remove their own sockets; processors look users up. Where the
 //! engine is shared between processes, an entry not refreshed within the presence ttl expires,
@@ -58,4 +59,12 @@ pub trait Presence: Send + Sync + 'static {
     async fn ready(&self) -> Result<(), PresenceError> {
         Ok(())
     }
+    /// Claims `key` for message `id` for `window`, unless another message holds it: answers
+    /// the id that holds the key now (`id` itself if the claim is new or was already its own).
+    async fn claim(
+        &self,
+        key: &str,
+        id: MessageId,
+        window: Duration,
+    ) -> Result<MessageId, PresenceError>;
 }

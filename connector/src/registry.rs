@@ -5,6 +5,11 @@
 //! that asks for a report hands each socket a [`Ticket`]; the session completes it once the
 //! frame is written, and a ticket dropped unwritten (socket gone, queue full) counts as not
 //! written. The report goes back when the last ticket is in.
+//!
+//! A socket that acknowledges takes a RELIABLE frame with an id only with its sequence number
+//! (added to the frame here); without one the frame is reported `acking` and not written. While
+//! such a socket is resuming, numbered frames are held back (bounded by the outbound queue)
+//! and queued after the resume's last frame, skipping any the resume already wrote.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,8 +22,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use common::bus::{Command, Replier};
-use common::envelope::{ConnectorCommand, DeliveryReport, Target};
-use common::frame::Feature;
+use common::envelope::{AckMark, ConnectorCommand, DeliveryReport, Target};
+use common::frame::{Feature, with_seq};
 use common::ids::{ConnectorName, MessageId, SocketAddress, SocketId, UserId};
 
 use crate::Shared;
@@ -27,6 +32,8 @@ use crate::Shared;
 pub(crate) struct Outbound {
     pub text: Utf8Bytes,
     pub ticket: Option<Ticket>,
+    /// For an acking socket: the frame's number and id, remembered once written until acked.
+    pub numbered: Option<(u64, MessageId)>,
 }
 
 /// How the registry reaches one authenticated socket.
@@ -41,6 +48,10 @@ pub(crate) struct SocketHandle {
     /// Ids of the last frames queued for this socket, so a redelivered one is not written
     /// twice; allocated on the first frame with an id.
     pub recent: Mutex<VecDeque<u128>>,
+    /// The socket speaks the acknowledged protocol.
+    pub ack: bool,
+    /// Numbered frames held back while the socket's resume runs (`Some` until it ends).
+    pub held: Mutex<Option<VecDeque<(Outbound, u128)>>>,
 }
 
 /// How many recent frame ids each socket remembers.
@@ -65,6 +76,45 @@ impl SocketHandle {
 }
 
 impl SocketHandle {
+    /// Holds `out` back if the socket is resuming; gives it back otherwise. A full hold
+    /// drops it (its ticket reports it unwritten; it stays kept for the next resume).
+    fn hold(&self, out: Outbound, id: u128, limit: usize) -> Option<Outbound> {
+        let mut held = self
+            .held
+            .lock()
+            .expect("held frames lock is never poisoned");
+        match held.as_mut() {
+            None => Some(out),
+            Some(queue) if queue.len() >= limit => {
+                metrics::counter!("linker_connector_resume_hold_full_total").increment(1);
+                None
+            }
+            Some(queue) => {
+                queue.push_back((out, id));
+                None
+            }
+        }
+    }
+
+    /// Ends the resume: queues the held frames the resume did not write itself.
+    fn end_resume(&self) {
+        let held = self
+            .held
+            .lock()
+            .expect("held frames lock is never poisoned")
+            .take();
+        for (out, id) in held.into_iter().flatten() {
+            if !self.first_time(id) {
+                if let Some(t) = out.ticket {
+                    t.complete(true);
+                }
+                continue;
+            }
+            // A full queue drops it: reported unwritten, still kept.
+            let _ = self.tx.try_send(out);
+        }
+    }
+
     fn close_with(&self, code: u16, reason: String) {
         *self
             .close_reason
@@ -101,6 +151,13 @@ impl Registry {
             .collect()
     }
 
+    /// Ends a socket's resume without a processor's word (its resume could not be asked for).
+    pub fn end_resume(&self, socket: SocketId) {
+        if let Some(h) = self.sockets.get(&socket) {
+            h.end_resume();
+        }
+    }
+
     pub fn remove(&self, socket: SocketId) {
         if self.sockets.remove(&socket).is_some() {
             metrics::gauge!("linker_connector_authenticated_sockets").decrement(1.0);
@@ -115,6 +172,7 @@ struct Report {
 
 struct ReportState {
     written: Vec<bool>,
+    acking: Vec<bool>,
     remaining: usize,
     replier: Option<Replier>,
 }
@@ -129,16 +187,29 @@ impl Report {
             s.written[index] = ok;
             s.remaining -= 1;
             if s.remaining == 0 {
-                s.replier
-                    .take()
-                    .map(|r| (r, std::mem::take(&mut s.written)))
+                let report = DeliveryReport {
+                    written: std::mem::take(&mut s.written),
+                    acking: if s.acking.contains(&true) {
+                        std::mem::take(&mut s.acking)
+                    } else {
+                        Vec::new()
+                    },
+                };
+                s.replier.take().map(|r| (r, report))
             } else {
                 None
             }
         };
-        if let Some((replier, written)) = done {
-            replier.reply(DeliveryReport { written });
+        if let Some((replier, report)) = done {
+            replier.reply(report);
         }
+    }
+
+    fn set_acking(&self, index: usize) {
+        self.state
+            .lock()
+            .expect("report lock is never poisoned: nothing panics while holding it")
+            .acking[index] = true;
     }
 }
 
@@ -150,6 +221,11 @@ pub(crate) struct Ticket {
 }
 
 impl Ticket {
+    /// Marks the target as a socket that acknowledges.
+    fn acking(&self) {
+        self.report.set_acking(self.index);
+    }
+
     pub fn complete(mut self, written: bool) {
         self.done = true;
         self.report.set(self.index, written);
@@ -184,12 +260,16 @@ pub(crate) async fn run_commands(
                 frame,
                 feature,
                 id,
+                ack,
             } => deliver(
                 &shared,
                 targets,
-                Utf8Bytes::from(frame),
-                feature,
-                id,
+                Delivery {
+                    frame,
+                    feature,
+                    id,
+                    ack,
+                },
                 command.reply,
             ),
             ConnectorCommand::Close { targets, reason } => {
@@ -203,6 +283,7 @@ pub(crate) async fn run_commands(
                 if let Some(r) = command.reply {
                     r.reply(DeliveryReport {
                         written: vec![true; targets.len()],
+                        acking: Vec::new(),
                     });
                 }
             }
@@ -210,15 +291,16 @@ pub(crate) async fn run_commands(
     }
 }
 
-fn deliver(
-    shared: &Shared,
-    targets: Vec<Target>,
-    text: Utf8Bytes,
+/// What one `Deliver` writes.
+struct Delivery {
+    frame: String,
     feature: Feature,
     id: Option<MessageId>,
-    reply: Option<Replier>,
-) {
-    metrics::counter!("linker_connector_frames_out_total", "type" => common::frame::outbound_type(&text), "feature" => feature.label()).increment(targets.len() as u64);
+    ack: Option<AckMark>,
+}
+
+fn deliver(shared: &Shared, targets: Vec<Target>, d: Delivery, reply: Option<Replier>) {
+    metrics::counter!("linker_connector_frames_out_total", "type" => common::frame::outbound_type(&d.frame), "feature" => d.feature.label()).increment(targets.len() as u64);
     let report = match reply {
         Some(r) if targets.is_empty() => {
             r.reply(DeliveryReport::default());
@@ -227,12 +309,14 @@ fn deliver(
         Some(r) => Some(Arc::new(Report {
             state: Mutex::new(ReportState {
                 written: vec![false; targets.len()],
+                acking: vec![false; targets.len()],
                 remaining: targets.len(),
                 replier: Some(r),
             }),
         })),
         None => None,
     };
+    let text = Utf8Bytes::from(d.frame.as_str());
     for (index, target) in targets.iter().enumerate() {
         let ticket = report.as_ref().map(|r| Ticket {
             report: r.clone(),
@@ -246,22 +330,50 @@ fn deliver(
         if handle.user != target.user {
             continue;
         }
-        if let Some(id) = id
+        let mut out = Outbound {
+            text: text.clone(),
+            ticket,
+            numbered: None,
+        };
+        if handle.ack {
+            if let Some(t) = &out.ticket {
+                t.acking();
+            }
+            if d.ack == Some(AckMark::ResumeEnd) {
+                // The resume's last frame goes first, then what was held back behind it.
+                let _ = handle.tx.try_send(out);
+                handle.end_resume();
+                continue;
+            }
+            if let (Feature::Reliable, Some(id)) = (d.feature, d.id) {
+                let (seq, live) = match d.ack {
+                    Some(AckMark::Seq(seq)) => (seq, true),
+                    Some(AckMark::Resent(seq)) => (seq, false),
+                    _ => continue, // needs its number first: reported unwritten and acking
+                };
+                out.text = Utf8Bytes::from(with_seq(&d.frame, seq, id));
+                out.numbered = Some((seq, id));
+                if live {
+                    let limit = shared.config.outbound_queue;
+                    let Some(o) = handle.hold(out, id.0.as_u128(), limit) else {
+                        continue;
+                    };
+                    out = o;
+                }
+            }
+        }
+        if let Some(id) = d.id
             && !handle.first_time(id.0.as_u128())
         {
             debug!(user = %target.user, socket = target.socket, %id, "already written; not again");
             metrics::counter!("linker_connector_duplicates_skipped_total").increment(1);
-            if let Some(t) = ticket {
+            if let Some(t) = out.ticket {
                 t.complete(true);
             }
             continue;
         }
-        let out = Outbound {
-            text: text.clone(),
-            ticket,
-        };
         if let Err(mpsc::error::TrySendError::Full(_)) = handle.tx.try_send(out) {
-            let kind = if feature == Feature::Fast {
+            let kind = if d.feature == Feature::Fast {
                 "fast"
             } else {
                 "reliable"

@@ -3,9 +3,11 @@
 //! One task owns the socket. It reads client frames, answers bad ones with `INVALID_MESSAGE`
 //! (closing only past `max_bad_frames` or on an oversized frame), authenticates, and publishes
 //! valid frames as envelopes. Frames from processors arrive on the socket's bounded queue and
-//! are written in batches with one flush. `from` is always the authenticated user.
+//! are written in batches with one flush. `from` is always the authenticated user. A socket
+//! that logs in with `"ack": true` remembers the numbered frames written to it until the
+//! client acknowledges them (`ACK {upTo}` acknowledges only frames this socket was sent).
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -31,8 +33,9 @@ use tracing::{Instrument, debug, field, info, info_span, warn};
 
 use common::envelope::{Body, Envelope};
 use common::frame::{
-    ClientBody, ClientFrame, FrameError, Rejected, out_auth_reply, out_auth_required,
-    out_auth_wrong_domain, out_general_error, out_invalid, out_invalid_reason, parse_client_frame,
+    ClientBody, ClientFrame, FrameError, Rejected, out_auth_acked, out_auth_reply,
+    out_auth_required, out_auth_wrong_domain, out_general_error, out_invalid, out_invalid_reason,
+    parse_client_frame,
 };
 use common::ids::{DomainName, MessageId, SocketAddress, SocketId, UserId};
 
@@ -50,6 +53,15 @@ pub const CLOSED_BY_MASTER: u16 = 4000;
 pub const CLOSED_IDLE: u16 = 4002;
 /// Close code sent when the client reads too slowly to keep its outbound queue from filling.
 pub const CLOSED_SLOW_READER: u16 = 4003;
+/// Close reason at shutdown (code 1001): the client should reconnect, to another connector if
+/// it knows one.
+pub const SHUTDOWN_REASON: &str = "server shutting down; reconnect";
+/// Longest wait at shutdown for the frames queued for a socket to be written.
+const SHUTDOWN_FLUSH: Duration = Duration::from_secs(1);
+
+/// Numbered frames an acking socket remembers until acknowledged; past it the oldest is
+/// forgotten here (it stays kept, and is resent at the next login or acked by id).
+pub const MAX_UNACKED_PER_SOCKET: usize = 4096;
 
 pub(crate) async fn run(
     shared: Arc<Shared>,
@@ -159,6 +171,8 @@ async fn session<S>(
         overflow_since: Arc::new(AtomicU64::new(0)),
         last_seen: Instant::now(),
         publishing: None,
+        ack: false,
+        unacked: BTreeMap::new(),
     };
     let end = s.serve(&mut stream, &mut rx, deadline, &shutdown).await;
     if let Some(frame) = end {
@@ -190,6 +204,10 @@ struct Session<S> {
     last_seen: Instant,
     /// The publish in flight, if any (see `start_publish`).
     publishing: Option<Publishing>,
+    /// The socket logged in with `"ack": true`.
+    ack: bool,
+    /// Numbered frames written and not yet acknowledged: number -> message id.
+    unacked: BTreeMap<u64, MessageId>,
 }
 
 /// A publish in flight; resolves to the error frame to send the client, if any.
@@ -215,7 +233,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => {
-                    break Some(close_frame(CloseCode::Away, "server shutting down; reconnect"));
+                    // What is queued for the client goes out before the close (bounded).
+                    let _ = timeout(SHUTDOWN_FLUSH, self.flush_queued(rx)).await;
+                    break Some(close_frame(CloseCode::Away, SHUTDOWN_REASON));
                 }
                 _ = self.close.cancelled() => {
                     let (code, reason) = self
@@ -319,6 +339,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         while let Some(out) = next.take() {
             self.sink.feed(Message::Text(out.text)).await?;
             self.tickets.extend(out.ticket);
+            if let Some((seq, id)) = out.numbered {
+                self.unacked.insert(seq, id);
+                if self.unacked.len() > MAX_UNACKED_PER_SOCKET {
+                    self.unacked.pop_first();
+                }
+            }
             count += 1;
             if count < MAX_BATCH {
                 next = rx.try_recv().ok();
@@ -330,6 +356,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         }
         self.overflow_since.store(0, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Writes whatever is queued for the socket now.
+    async fn flush_queued(&mut self, rx: &mut mpsc::Receiver<Outbound>) {
+        while let Ok(out) = rx.try_recv() {
+            if self.write_batch(out, rx).await.is_err() {
+                return;
+            }
+        }
     }
 
     /// Writes one frame of the session's own (replies, errors).
@@ -360,8 +395,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     app_id,
                     user_id,
                     token,
+                    ack,
                 },
-            ) => self.authenticate(&app_id, &user_id, token.as_deref()).await,
+            ) => {
+                self.authenticate(&app_id, &user_id, token.as_deref(), ack)
+                    .await
+            }
             (None, _) => {
                 self.reply(out_auth_required(frame.reference.as_deref()))
                     .await;
@@ -407,6 +446,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         app_id: &str,
         user_id: &str,
         token: Option<&str>,
+        ack: bool,
     ) -> Option<CloseFrame> {
         let shared = self.shared.clone();
         let checked = shared
@@ -451,17 +491,46 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 close_reason: self.close_reason.clone(),
                 overflow_since: self.overflow_since.clone(),
                 recent: Mutex::new(VecDeque::new()),
+                ack,
+                held: Mutex::new(ack.then(VecDeque::new)),
             },
         );
-        self.reply(out_auth_reply(app_id, user.as_str(), true, None))
-            .await;
+        let reply = if ack {
+            out_auth_acked(app_id, user.as_str())
+        } else {
+            out_auth_reply(app_id, user.as_str(), true, None)
+        };
+        self.reply(reply).await;
         metrics::counter!("linker_connector_auths_total", "result" => "ok").increment(1);
-        info!("authenticated");
+        info!(ack, "authenticated");
         self.user = Some(user.clone());
-        if let Some(envelope) = self.presence_envelope(user, Body::UserConnected) {
-            self.start_publish(envelope, false);
+        self.ack = ack;
+        let mut envelopes: Vec<Envelope> = self
+            .presence_envelope(user.clone(), Body::UserConnected)
+            .into_iter()
+            .collect();
+        if ack {
+            // What is kept for the user comes back to this socket before anything new.
+            envelopes.push(self.envelope(user, Body::Resume));
         }
+        self.start_publishes(envelopes, false);
         None
+    }
+
+    /// A RELIABLE envelope from this socket, with no reference.
+    fn envelope(&self, from: UserId, body: Body) -> Envelope {
+        Envelope {
+            id: MessageId::new(),
+            from,
+            origin: self.address.clone(),
+            feature: common::frame::Feature::Reliable,
+            reference: None,
+            confirm: false,
+            created_at: common::now_millis(),
+            hops: 0,
+            ack: self.ack,
+            body,
+        }
     }
 
     /// The envelope telling processors (and so the app's master user) that a user came or
@@ -470,35 +539,46 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if self.shared.network.current().is_master(&user) {
             return None;
         }
-        Some(Envelope {
-            id: MessageId::new(),
-            from: user,
-            origin: self.address.clone(),
-            feature: common::frame::Feature::Reliable,
-            reference: None,
-            confirm: false,
-            created_at: common::now_millis(),
-            hops: 0,
-            body,
-        })
+        Some(self.envelope(user, body))
     }
 
     /// Starts publishing `envelope`. The session keeps writing while it is in flight but reads
     /// no further frame (that keeps the sender's order, and holds a client back while the bus
     /// is full). If `tell_client`, a failure is answered with `GENERAL_ERROR`.
     fn start_publish(&mut self, envelope: Envelope, tell_client: bool) {
+        self.start_publishes(vec![envelope], tell_client)
+    }
+
+    /// Publishes `envelopes` in order as one publish in flight (see `start_publish`). A
+    /// resume that cannot be published ends at once, so live frames are not held back.
+    fn start_publishes(&mut self, envelopes: Vec<Envelope>, tell_client: bool) {
+        if envelopes.is_empty() {
+            return;
+        }
         let bus = self.shared.bus.clone();
+        let shared = self.shared.clone();
+        let socket = self.address.socket;
         let echo = if tell_client {
-            envelope.reference.clone()
+            envelopes[0].reference.clone()
         } else {
             None
         };
-        let feature = envelope.feature.label();
         let publish = async move {
-            match bus.publish(envelope).await.inspect_err(|_| {
-                metrics::counter!("linker_bus_publish_errors_total", "feature" => feature)
-                    .increment(1)
-            }) {
+            let mut result = Ok(());
+            for envelope in envelopes {
+                let resume = matches!(envelope.body, Body::Resume);
+                let feature = envelope.feature.label();
+                result = bus.publish(envelope).await;
+                if result.is_err() {
+                    metrics::counter!("linker_bus_publish_errors_total", "feature" => feature)
+                        .increment(1);
+                    if resume {
+                        shared.registry.end_resume(socket);
+                    }
+                    break;
+                }
+            }
+            match result {
                 Ok(()) => None,
                 Err(e) if tell_client => {
                     warn!(error = %e, "publish failed; telling the client");
@@ -550,6 +630,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             ClientBody::FetchMissingMessages { count } => Body::FetchMissingMessages {
                 count: count.min(self.shared.config.max_fetch_count),
             },
+            ClientBody::Ack { up_to, ids } => {
+                if !self.ack {
+                    let detail = "ACK needs a socket that logged in with \"ack\": true";
+                    return self.refuse("ACK_NOT_ENABLED", detail, reference).await;
+                }
+                let ids = self.acknowledged(up_to, ids);
+                if ids.is_empty() {
+                    return;
+                }
+                Body::Ack { ids }
+            }
             ClientBody::AuthClient { .. } => return,
         };
         let envelope = Envelope {
@@ -561,9 +652,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             confirm: confirmation_enabled,
             created_at: common::now_millis(),
             hops: 0,
+            ack: self.ack,
             body,
         };
         self.start_publish(envelope, true);
+    }
+
+    /// The message ids an ACK covers: the frames numbered up to `up_to` that this socket was
+    /// sent, and the `ids` named. They are forgotten here.
+    fn acknowledged(&mut self, up_to: Option<u64>, ids: Vec<MessageId>) -> Vec<MessageId> {
+        let mut acked = Vec::new();
+        if let Some(up_to) = up_to {
+            let later = match up_to.checked_add(1) {
+                Some(next) => self.unacked.split_off(&next),
+                None => BTreeMap::new(),
+            };
+            acked.extend(std::mem::replace(&mut self.unacked, later).into_values());
+        }
+        if !ids.is_empty() {
+            let named: std::collections::HashSet<MessageId> = ids.into_iter().collect();
+            self.unacked.retain(|_, held| !named.contains(held));
+            acked.retain(|id| !named.contains(id));
+            acked.extend(named);
+        }
+        acked
     }
 
     fn may_message(&self, from: &UserId, to: &UserId) -> Result<(), (&'static str, String)> {

@@ -212,7 +212,7 @@ fn link_listen(network: &NetworkConfig, domain: &str) -> Result<Option<SocketAdd
 fn check_ranges(s: &Settings) -> Result<(), SettingsError> {
     let c = &s.connector;
     let p = &s.processor;
-    let rules: [(&str, bool, &str); 9] = [
+    let rules: [(&str, bool, &str); 10] = [
         (
             "connector.max_frame_bytes",
             c.max_frame_bytes >= 1024,
@@ -247,6 +247,11 @@ fn check_ranges(s: &Settings) -> Result<(), SettingsError> {
         (
             "processor.worker_queue",
             p.worker_queue > 0,
+            "must be above 0",
+        ),
+        (
+            "processor.max_kept_per_user",
+            p.max_kept_per_user > 0,
             "must be above 0",
         ),
         (

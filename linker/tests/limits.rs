@@ -1,5 +1,5 @@
-//! The connector's limits hold, and the client is told why: frame rate, connections per
-//! address and in total, idle sockets, slow readers.
+//! The limits hold, and the client is told why: frame rate, connections per address and in
+//! total, idle sockets, slow readers, and the processor's per-user bound of kept messages.
 
 use std::path::Path;
 use std::time::Duration;
@@ -169,4 +169,36 @@ async fn a_slow_reader_is_cut_off_while_others_keep_receiving() {
     if let Ended::Closed(Some(f)) = end {
         assert_eq!(u16::from(f.code), 4003, "{f:?}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_per_user_bound_the_sender_is_told_inbox_full() {
+    // The processor section follows the connector's extra lines.
+    let d = domain("  processor:\n    max_kept_per_user: 3\n").await;
+    let (a_id, b_id) = (unique_user(), unique_user());
+    let mut a = Client::login(&d.ws_url(0), &a_id).await.unwrap();
+    for i in 0..4 {
+        a.message(&b_id, &format!("k{i}"), "RELIABLE", Some(&format!("r{i}")))
+            .await
+            .unwrap();
+    }
+    let e = a.expect("GENERAL_ERROR").await.unwrap();
+    assert_eq!(e["data"]["reason"], "INBOX_FULL", "{e}");
+    assert_eq!(e["reference"], "r3", "{e}");
+    let mut b = Client::login(&d.ws_url(0), &b_id).await.unwrap();
+    b.send(&json!({"type":"FETCH_MISSING_MESSAGES_REQUEST","data":{"count":10}}))
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    loop {
+        let f = b.next().await.unwrap();
+        if f["type"] == "FETCH_MISSING_MESSAGES_COMPLETE" {
+            break;
+        }
+        got.push(f["data"]["content"].clone());
+    }
+    assert_eq!(got, [json!("k0"), json!("k1"), json!("k2")]);
+    let (status, body) = http_get(&d.page_addr(), "/metrics").await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(metric(&body, "linker_inbox_full_total", &[]), 1.0);
 }

@@ -1,10 +1,13 @@
 //! Crash tests of a split deployment under a steady RELIABLE load: a processor SIGKILLed
 //! mid-stream loses nothing and duplicates nothing; a SIGKILLed connector's users get what
-//! was sent to them once they reconnect elsewhere. Every message carries a unique id and is
-//! counted.
+//! was sent to them once they reconnect elsewhere; and a crash matrix (processor SIGKILL,
+//! connector SIGKILL, processor SIGTERM, each restarted, under load) where acking receivers get
+//! every message, never twice on one socket, in each sender's order, and an original-protocol
+//! receiver gets every message at least once. Every message is counted.
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
@@ -100,4 +103,335 @@ async fn a_killed_connectors_users_fetch_what_was_sent_to_them_elsewhere() {
     }
     let expected: Vec<_> = (0..20).map(|i| format!("k{i:02}")).collect();
     assert_eq!(got, expected, "{}", d.diagnostics());
+}
+
+/// What one receiver saw: every MESSAGE content in arrival order, and how many times a content
+/// came again on the same socket (never allowed) or after a reconnect.
+#[derive(Default, Debug)]
+struct Seen {
+    first: Vec<String>,
+    count: HashMap<String, usize>,
+    ids: HashMap<String, String>,
+    again_same_socket: usize,
+    again_after_reconnect: usize,
+    reconnects: usize,
+    /// What went wrong at the end, if anything (reported after the counts).
+    end: Option<String>,
+}
+
+/// Logs in to the first connector that takes the login, trying for up to 30 s.
+async fn login_anywhere(
+    urls: &std::sync::Mutex<Vec<String>>,
+    user: &str,
+    ack: bool,
+) -> anyhow::Result<Client> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let candidates = urls.lock().expect("urls lock").clone();
+        for url in candidates {
+            let login = if ack {
+                Client::login_ack(&url, user).await
+            } else {
+                Client::login(&url, user).await
+            };
+            if let Ok(c) = login {
+                return Ok(c);
+            }
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "{user} could not log in anywhere"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Receives until `expected` distinct messages came (or 90 s passed), reconnecting wherever it
+/// can when its socket dies. An acking receiver acknowledges each numbered frame at once; an
+/// original one fetches after each login and whenever nothing came for a second.
+async fn receive(
+    urls: Arc<std::sync::Mutex<Vec<String>>>,
+    user: String,
+    ack: bool,
+    expected: usize,
+) -> anyhow::Result<Seen> {
+    let mut seen = Seen::default();
+    let mut on_socket: HashMap<String, ()> = HashMap::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    let mut c = login_anywhere(&urls, &user, ack).await?;
+    let fetch = json!({"type":"FETCH_MISSING_MESSAGES_REQUEST","data":{"count":2000}});
+    if !ack {
+        c.send(&fetch).await?;
+    }
+    while seen.first.len() < expected && tokio::time::Instant::now() < deadline {
+        let frame = match tokio::time::timeout(Duration::from_secs(1), c.next()).await {
+            Err(_) => {
+                if !ack {
+                    c.send(&fetch).await?;
+                }
+                continue;
+            }
+            Ok(Ok(f)) => f,
+            Ok(Err(_)) => {
+                seen.reconnects += 1;
+                on_socket.clear();
+                c = login_anywhere(&urls, &user, ack).await?;
+                if !ack {
+                    c.send(&fetch).await?;
+                }
+                continue;
+            }
+        };
+        if frame["type"] != "MESSAGE" {
+            continue;
+        }
+        let content = frame["data"]["content"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        if ack {
+            let id = frame["id"].as_str().unwrap_or_default().to_owned();
+            anyhow::ensure!(
+                !id.is_empty(),
+                "an acking socket got an unnumbered frame: {frame}"
+            );
+            if let Some(before) = seen.ids.insert(content.clone(), id.clone()) {
+                anyhow::ensure!(before == id, "{content} came with two ids");
+            }
+            c.ack(&[&frame]).await?;
+        }
+        let n = seen.count.entry(content.clone()).or_default();
+        *n += 1;
+        if *n == 1 {
+            seen.first.push(content.clone());
+        } else if on_socket.contains_key(&content) {
+            seen.again_same_socket += 1;
+        } else {
+            seen.again_after_reconnect += 1;
+        }
+        on_socket.insert(content, ());
+    }
+    if ack && seen.first.len() == expected {
+        // Everything was acknowledged: a new login resends no message (sync markers whose
+        // acknowledgement was still on its way may come back).
+        if let Err(e) = resends_nothing(c, &urls, &user).await {
+            seen.end = Some(format!("{e:#}"));
+        }
+    }
+    Ok(seen)
+}
+
+/// After a barrier, a new acking login of `user` gets no message again.
+async fn resends_nothing(
+    mut c: Client,
+    urls: &std::sync::Mutex<Vec<String>>,
+    user: &str,
+) -> anyhow::Result<()> {
+    {
+        c.sync().await?;
+        c.close().await;
+        let mut again = login_anywhere(urls, user, true).await?;
+        loop {
+            let f = again.next().await?;
+            if f["type"] == "RESUME_COMPLETE" {
+                break;
+            }
+            let content = f["data"]["content"].as_str().unwrap_or_default();
+            anyhow::ensure!(
+                content.starts_with("sync-"),
+                "{user}: an acknowledged message was resent: {f}"
+            );
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_matrix_acking_receivers_get_each_message_once_and_in_order() {
+    let options = SplitOptions {
+        presence_ttl_ms: 2_000,
+        ..SplitOptions::default()
+    };
+    let mut d = Split::start_with(bin(), options).await.unwrap();
+    let urls = Arc::new(std::sync::Mutex::new(vec![d.ws_url(1), d.ws_url(0)]));
+    let senders = [unique_user(), unique_user()];
+    // Two acking receivers and one that speaks only the original protocol.
+    let receivers = [
+        (unique_user(), true),
+        (unique_user(), true),
+        (unique_user(), false),
+    ];
+    const PER_PAIR: usize = 120;
+    let mut tasks = Vec::new();
+    for (user, ack) in &receivers {
+        // Log in first on connector 1 (the one that will be killed).
+        let urls = urls.clone();
+        let (user, ack) = (user.clone(), *ack);
+        tasks.push(tokio::spawn(receive(
+            urls,
+            user,
+            ack,
+            senders.len() * PER_PAIR,
+        )));
+    }
+    // Let the receivers log in before the load starts.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut clients = Vec::new();
+    for s in &senders {
+        clients.push(Client::login(&d.ws_url(0), s).await.unwrap());
+    }
+    for n in 0..PER_PAIR {
+        for (si, sender) in clients.iter_mut().enumerate() {
+            for (r, _) in &receivers {
+                sender
+                    .message(r, &format!("s{si}-{n:04}"), "RELIABLE", None)
+                    .await
+                    .unwrap();
+            }
+        }
+        match n {
+            20 => d.processors[0].kill().await.unwrap(),
+            35 => d.processors[0].restart().await.unwrap(),
+            50 => d.connectors[1].kill().await.unwrap(),
+            65 => {
+                d.connectors[1].restart().await.unwrap();
+                urls.lock().unwrap().push(d.ws_url(1));
+            }
+            80 => {
+                let code = d.processors[1].terminate().await.unwrap();
+                assert_eq!(code, Some(0), "a processor stops cleanly on SIGTERM");
+            }
+            95 => d.processors[1].restart().await.unwrap(),
+            _ => {}
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // No barrier here: after the kills the group rebalances, and the receivers' own bounded
+    // wait covers that.
+    drop(clients);
+    let expected: Vec<String> = (0..senders.len())
+        .flat_map(|s| (0..PER_PAIR).map(move |n| format!("s{s}-{n:04}")))
+        .collect();
+    for ((user, ack), task) in receivers.iter().zip(tasks) {
+        let seen = task
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{e:#}\n{}", d.diagnostics()));
+        let lost: Vec<_> = expected
+            .iter()
+            .filter(|c| !seen.count.contains_key(*c))
+            .collect();
+        let repeated: usize = seen.count.values().map(|n| n - 1).sum();
+        println!(
+            "{user} (ack: {ack}): sent {}, received {} distinct, lost {}, repeated {} ({} on one socket, {} after a reconnect), reconnects {}",
+            expected.len(),
+            seen.count.len(),
+            lost.len(),
+            repeated,
+            seen.again_same_socket,
+            seen.again_after_reconnect,
+            seen.reconnects,
+        );
+        assert!(lost.is_empty(), "{user} lost {lost:?}\n{}", d.diagnostics());
+        assert!(seen.end.is_none(), "{user}: {:?}", seen.end);
+        if *ack {
+            assert_eq!(
+                seen.again_same_socket, 0,
+                "{user}: a frame came twice on one socket"
+            );
+            for s in 0..senders.len() {
+                let prefix = format!("s{s}-");
+                let mine: Vec<_> = seen
+                    .first
+                    .iter()
+                    .filter(|c| c.starts_with(&prefix))
+                    .collect();
+                let mut sorted = mine.clone();
+                sorted.sort();
+                assert_eq!(mine, sorted, "{user}: sender {s}'s messages out of order");
+            }
+        }
+    }
+}
+
+/// Distinct MESSAGE contents, in the order first received.
+#[derive(Default)]
+struct Tally {
+    got: HashMap<String, usize>,
+    order: Vec<String>,
+}
+
+impl Tally {
+    fn note(&mut self, f: &serde_json::Value) {
+        if f["type"] == "MESSAGE" {
+            let c = f["data"]["content"].as_str().unwrap_or_default().to_owned();
+            if self.got.insert(c.clone(), 1).is_none() {
+                self.order.push(c);
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connector_stopped_with_sigterm_says_1001_and_its_acking_user_resumes_elsewhere() {
+    let mut d = Split::start(bin()).await.unwrap();
+    let (a_id, b_id) = (unique_user(), unique_user());
+    let mut a = Client::login(&d.ws_url(0), &a_id).await.unwrap();
+    let mut b = Client::login_ack(&d.ws_url(1), &b_id).await.unwrap();
+    b.expect("RESUME_COMPLETE").await.unwrap();
+    const TOTAL: usize = 60;
+    let mut t = Tally::default();
+    for i in 0..TOTAL {
+        a.message(&b_id, &format!("t{i:03}"), "RELIABLE", None)
+            .await
+            .unwrap();
+        if i == TOTAL / 2 {
+            // Read what came so far without acknowledging it, then stop the connector.
+            while let Ok(Ok(f)) = tokio::time::timeout(Duration::from_millis(200), b.next()).await {
+                t.note(&f);
+            }
+            let code = d.connectors[1].terminate().await.unwrap();
+            assert_eq!(code, Some(0), "{}", d.diagnostics());
+        }
+    }
+    let (ended, frames) = b.ended().await.unwrap();
+    frames.iter().for_each(|f| t.note(f));
+    match ended {
+        testkit::client::Ended::Closed(Some(f)) => {
+            assert_eq!(u16::from(f.code), 1001);
+            assert_eq!(f.reason.as_str(), "server shutting down; reconnect");
+        }
+        other => panic!("expected close 1001, got {other:?}"),
+    }
+    let before = t.got.len();
+    // Resume on the other connector: the unacknowledged ones and the rest, in order.
+    let mut b = Client::login_ack(&d.ws_url(0), &b_id).await.unwrap();
+    let mut resent = Vec::new();
+    loop {
+        let f = b.next().await.unwrap();
+        if f["type"] == "RESUME_COMPLETE" {
+            break;
+        }
+        resent.push(f["data"]["content"].as_str().unwrap_or_default().to_owned());
+        t.note(&f);
+    }
+    while t.got.len() < TOTAL {
+        let f = b.next().await.unwrap();
+        t.note(&f);
+    }
+    println!(
+        "sent {TOTAL}, before SIGTERM {before}, resent at login {}, received {} distinct",
+        resent.len(),
+        t.got.len()
+    );
+    let mut sorted = resent.clone();
+    sorted.sort();
+    assert_eq!(resent, sorted, "resent in order");
+    let mut sorted = t.order.clone();
+    sorted.sort();
+    assert_eq!(t.order, sorted, "first receipts in the order sent");
+    assert!(
+        resent.len() >= before,
+        "every unacknowledged one came again"
+    );
 }

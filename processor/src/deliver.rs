@@ -4,8 +4,11 @@
 //! needed (RELIABLE, or a confirmation was asked for) the connector answers once the frame is
 //! written; a user none of whose sockets took a RELIABLE frame gets it stored, and a FAST one
 //! is dropped and counted. A confirmation goes to the sender once per message, however many
-//! sockets took it, and travels RELIABLE. Users of other domains get the same, relayed to
-//! their domain (see `route`).
+//! sockets took it, and travels RELIABLE. A socket that acknowledges takes a RELIABLE frame
+//! only with a sequence number: the connector reports it as acking, the message is kept in
+//! the store first (which numbers it), then written to those sockets with its number, and it
+//! stays kept until the user acknowledges it. Users of other domains get the same, relayed
+//! to their domain (see `route`).
 
 use std::collections::HashMap;
 
@@ -13,10 +16,14 @@ use serde_json::value::RawValue;
 use tracing::{debug, warn};
 
 use common::bus::BusError;
-use common::envelope::{Confirm, ConnectorCommand, Relayed, RelayedMessage, StoredMessage, Target};
+use common::envelope::{
+    AckMark, Confirm, ConnectorCommand, DeliveryReport, Relayed, RelayedMessage, StoredMessage,
+    Target,
+};
 use common::frame::{Feature, out_confirmation, out_message};
 use common::ids::{ConnectorName, DomainName, MessageId, SocketAddress, UserId};
 use common::network::Home;
+use common::store::Persisted;
 
 use crate::{ProcessError, Processor};
 
@@ -96,8 +103,10 @@ impl Processor {
         }
         let sockets = self.presence.lookup(&message.to).await?;
         let report = feature == Feature::Reliable || message.confirm.is_some();
-        let written = !sockets.is_empty()
-            && self
+        let mut written = false;
+        let mut acking = Vec::new();
+        if !sockets.is_empty() {
+            (written, acking) = self
                 .write(
                     &message.to,
                     &sockets,
@@ -107,17 +116,39 @@ impl Processor {
                     message.id,
                 )
                 .await;
+        }
+        let mut kept = false;
+        if !acking.is_empty()
+            && !self.was_acked(&message.to, message.id).await?
+            && let Some(seq) = self.keep(&message).await?
+        {
+            kept = true;
+            written |= self
+                .write_numbered(acking, &message.frame, message.id, seq)
+                .await;
+        }
         if written {
             record_delivery(feature, message.created_at);
-            if let Some(confirm) = message.confirm {
+            if let Some(confirm) = message.confirm.clone() {
                 self.confirm(confirm, message.id).await?;
+                if kept {
+                    self.store.confirmed(&message.to, message.id).await?;
+                }
             }
             return Ok(());
         }
+        if kept {
+            return Ok(()); // kept under its number; a fetch or the next resume sends it
+        }
         match feature {
             Feature::Reliable => {
+                if self.was_acked(&message.to, message.id).await? {
+                    return Ok(()); // a redelivery of a message its user acknowledged
+                }
                 debug!(user = %message.to, id = %message.id, "stored for fetch");
-                self.store.persist(&message).await?;
+                if self.keep(&message).await?.is_none() {
+                    return Err(ProcessError::InboxFull(message.to.to_string()));
+                }
                 metrics::counter!("linker_stored_total").increment(1);
             }
             Feature::Fast => {
@@ -128,8 +159,53 @@ impl Processor {
         Ok(())
     }
 
+    /// Keeps `message` in the store under the user's bound; its number, or `None` if the user
+    /// has the most messages kept already (counted).
+    pub(crate) async fn keep(&self, message: &StoredMessage) -> Result<Option<u64>, ProcessError> {
+        match self
+            .store
+            .persist(message, self.config.max_kept_per_user)
+            .await?
+        {
+            Persisted::Kept(seq) => Ok(Some(seq)),
+            Persisted::Full => {
+                tracing::warn!(user = %message.to, id = %message.id, "inbox full; message refused");
+                metrics::counter!("linker_inbox_full_total").increment(1);
+                Ok(None)
+            }
+        }
+    }
+
+    /// Writes a kept message with its number to the acking sockets that asked for one; true
+    /// if at least one took it.
+    pub(crate) async fn write_numbered(
+        &self,
+        acking: Vec<(ConnectorName, Vec<Target>)>,
+        frame: &str,
+        id: MessageId,
+        seq: u64,
+    ) -> bool {
+        let mut written = false;
+        for (connector, targets) in acking {
+            let command = ConnectorCommand::Deliver {
+                targets,
+                frame: frame.to_owned(),
+                feature: Feature::Reliable,
+                id: Some(id),
+                ack: Some(AckMark::Seq(seq)),
+            };
+            written |= self
+                .send(&connector, command, true)
+                .await
+                .iter()
+                .any(|w| *w);
+        }
+        written
+    }
+
     /// Sends `MESSAGE_CONFIRMATION {reference}` for message `of` to its sender, RELIABLE. Its
-    /// id derives from the message's, so a confirmation sent again is recognised.
+    /// id derives from the message's, so a confirmation sent again is recognised. A sender
+    /// whose inbox is full loses the confirmation (counted), not the message it confirms.
     ///
     /// Message `of` is delivered already: failing here would make the envelope's retry deliver
     /// it again (and, if its user looks offline by then, store it to be fetched a second
@@ -148,18 +224,24 @@ impl Processor {
             confirm: None,
         };
         match Box::pin(self.deliver_or_store(stored.clone(), Feature::Reliable)).await {
+            Err(ProcessError::InboxFull(user)) => {
+                debug!(user, "confirmation dropped: the sender's inbox is full");
+                Ok(())
+            }
             Err(ProcessError::Presence(e)) => {
                 warn!(user = %stored.to, id = %of, error = %e, "confirmation stored for fetch: presence unavailable");
-                self.store.persist(&stored).await?;
-                metrics::counter!("linker_stored_total").increment(1);
+                if self.keep(&stored).await?.is_some() {
+                    metrics::counter!("linker_stored_total").increment(1);
+                }
                 Ok(())
             }
             other => other,
         }
     }
 
-    /// Writes `frame` to the user's `sockets`; true if at least one took it (or, without a
-    /// report, if it was handed to the connectors).
+    /// Writes `frame` to the user's `sockets`: whether at least one took it (or, without a
+    /// report, it was handed to the connectors), and the acking sockets that need it again
+    /// with a number.
     async fn write(
         &self,
         user: &UserId,
@@ -168,22 +250,25 @@ impl Processor {
         feature: Feature,
         report: bool,
         id: MessageId,
-    ) -> bool {
+    ) -> (bool, Vec<(ConnectorName, Vec<Target>)>) {
         let mut written = false;
+        let mut acking = Vec::new();
         for (connector, targets) in by_connector(sockets.iter().map(|s| (user, s))) {
             let command = ConnectorCommand::Deliver {
-                targets,
+                targets: targets.clone(),
                 frame: frame.to_owned(),
                 feature,
                 id: Some(id),
+                ack: None,
             };
-            written |= self
-                .send(&connector, command, report)
-                .await
-                .iter()
-                .any(|w| *w);
+            let r = self.send_report(&connector, command, report).await;
+            written |= r.any_written();
+            let numbered = needing_numbers(&targets, &r);
+            if !numbered.is_empty() {
+                acking.push((connector, numbered));
+            }
         }
-        written
+        (written, acking)
     }
 
     /// Sends a command to one connector; returns what its report says was written (all
@@ -194,6 +279,16 @@ impl Processor {
         command: ConnectorCommand,
         report: bool,
     ) -> Vec<bool> {
+        self.send_report(connector, command, report).await.written
+    }
+
+    /// As `send`, with the whole report (which targets acknowledge).
+    pub(crate) async fn send_report(
+        &self,
+        connector: &ConnectorName,
+        command: ConnectorCommand,
+        report: bool,
+    ) -> DeliveryReport {
         let count = match &command {
             ConnectorCommand::Deliver { targets, .. } | ConnectorCommand::Close { targets, .. } => {
                 targets.len()
@@ -203,22 +298,28 @@ impl Processor {
             self.bus
                 .request(connector, command, self.config.delivery_timeout())
                 .await
-                .map(|r| r.written)
         } else {
             self.bus
                 .send(connector, command)
                 .await
-                .map(|()| vec![true; count])
+                .map(|()| DeliveryReport {
+                    written: vec![true; count],
+                    acking: Vec::new(),
+                })
+        };
+        let unwritten = DeliveryReport {
+            written: vec![false; count],
+            acking: Vec::new(),
         };
         match result {
-            Ok(written) => written,
+            Ok(report) => report,
             Err(BusError::NoSuchConnector(name)) => {
                 debug!(connector = %name, "connector gone; its sockets are stale");
-                vec![false; count]
+                unwritten
             }
             Err(e) => {
                 debug!(connector = %connector, error = %e, "no delivery");
-                vec![false; count]
+                unwritten
             }
         }
     }
@@ -263,7 +364,8 @@ impl Processor {
     }
 
     /// Writes one frame to the sockets of local users `to`, one command per connector;
-    /// stores it for RELIABLE recipients none of whose sockets took it.
+    /// keeps it for RELIABLE recipients none of whose sockets took it, and numbers it for
+    /// acking sockets.
     pub(crate) async fn fan_out(
         &self,
         id: MessageId,
@@ -280,45 +382,92 @@ impl Processor {
         }
         let report = feature == Feature::Reliable;
         let mut took: Vec<&UserId> = Vec::new();
+        let mut acking: Vec<(ConnectorName, Vec<Target>)> = Vec::new();
         for (connector, targets) in by_connector(sockets.iter().map(|(u, s)| (*u, s))) {
             let command = ConnectorCommand::Deliver {
                 targets: targets.clone(),
                 frame: frame.to_owned(),
                 feature,
                 id: Some(id),
+                ack: None,
             };
-            let written = self.send(&connector, command, report).await;
-            for (target, ok) in targets.iter().zip(written) {
-                if ok && let Some(u) = to.iter().find(|u| **u == target.user) {
+            let r = self.send_report(&connector, command, report).await;
+            for (target, ok) in targets.iter().zip(&r.written) {
+                if *ok && let Some(u) = to.iter().find(|u| **u == target.user) {
                     took.push(u);
                 }
+            }
+            let numbered = needing_numbers(&targets, &r);
+            if !numbered.is_empty() {
+                acking.push((connector, numbered));
             }
         }
         if !took.is_empty() {
             record_delivery(feature, created_at);
         }
+        let mut full = Vec::new();
         for user in to {
+            let message = StoredMessage {
+                id,
+                to: user.clone(),
+                created_at,
+                frame: frame.to_owned(),
+                confirm: None,
+            };
+            // This member's acking sockets get it kept and numbered.
+            let mine: Vec<(ConnectorName, Vec<Target>)> = acking
+                .iter()
+                .map(|(c, ts)| {
+                    let ts: Vec<Target> = ts.iter().filter(|t| t.user == *user).cloned().collect();
+                    (c.clone(), ts)
+                })
+                .filter(|(_, ts)| !ts.is_empty())
+                .collect();
+            if !mine.is_empty() && !self.was_acked(user, id).await? {
+                match self.keep(&message).await? {
+                    Some(seq) => {
+                        self.write_numbered(mine, frame, id, seq).await;
+                        continue; // kept: written now, or sent by a fetch or resume
+                    }
+                    None => {
+                        full.push(user.to_string());
+                        continue;
+                    }
+                }
+            }
             if took.contains(&user) {
                 continue;
             }
             match feature {
                 Feature::Reliable => {
-                    self.store
-                        .persist(&StoredMessage {
-                            id,
-                            to: user.clone(),
-                            created_at,
-                            frame: frame.to_owned(),
-                            confirm: None,
-                        })
-                        .await?;
+                    if self.was_acked(user, id).await? {
+                        continue; // a redelivery this member acknowledged already
+                    }
+                    if self.keep(&message).await?.is_none() {
+                        full.push(user.to_string());
+                        continue;
+                    }
                     metrics::counter!("linker_stored_total").increment(1);
                 }
                 Feature::Fast => count_fast_drop("offline"),
             }
         }
+        if !full.is_empty() {
+            return Err(ProcessError::InboxFull(full.join(", ")));
+        }
         Ok(())
     }
+}
+
+/// The targets of a report that acknowledge and were not written (they need a number).
+fn needing_numbers(targets: &[Target], report: &DeliveryReport) -> Vec<Target> {
+    targets
+        .iter()
+        .zip(&report.acking)
+        .zip(&report.written)
+        .filter(|((_, acking), written)| **acking && !**written)
+        .map(|((t, _), _)| t.clone())
+        .collect()
 }
 
 /// Groups (user, socket) pairs by connector, keeping order.

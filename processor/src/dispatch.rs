@@ -111,6 +111,7 @@ async fn tell_sender(p: &Processor, envelope: &Envelope, e: &ProcessError) {
         frame,
         feature: envelope.feature,
         id: None,
+        ack: None,
     };
     if let Err(e) = p.bus.send(&envelope.origin.connector, command).await {
         debug!(error = %e, "sender not told: connector gone");
@@ -156,13 +157,23 @@ impl Processor {
             Body::Message { to, content } => {
                 metrics::counter!("linker_processor_messages_total", "kind" => "message")
                     .increment(1);
-                self.message(meta, to.clone(), content).await
+                if self.first_with_reference(envelope).await? {
+                    self.message(meta, to.clone(), content).await?;
+                }
+                self.accepted(envelope).await;
+                Ok(())
             }
             Body::GroupMessage { to, content } => {
                 metrics::counter!("linker_processor_messages_total", "kind" => "group")
                     .increment(1);
-                self.group(meta, to, content).await
+                if self.first_with_reference(envelope).await? {
+                    self.group(meta, to, content).await?;
+                }
+                self.accepted(envelope).await;
+                Ok(())
             }
+            Body::Ack { ids } => self.ack(&envelope.from, ids).await,
+            Body::Resume => self.resume(meta.from, origin).await,
             Body::CloseConnection { user } => self.close(meta.from, user.clone()).await,
             Body::FetchMissingMessages { count } => {
                 self.fetch(meta.from, origin, *count, meta.reference).await

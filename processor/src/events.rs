@@ -30,7 +30,11 @@ impl Processor {
             created_at: meta.created_at,
             confirm: None,
         };
-        self.deliver_or_store(stored, Feature::Reliable).await
+        match self.deliver_or_store(stored, Feature::Reliable).await {
+            // The master's inbox is full: the event is dropped (counted), nobody to tell.
+            Err(ProcessError::InboxFull(_)) => Ok(()),
+            other => other,
+        }
     }
 
     pub(crate) async fn close(&self, from: UserId, user: UserId) -> Result<(), ProcessError> {

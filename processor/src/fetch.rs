@@ -1,8 +1,9 @@
 //! FETCH_MISSING_MESSAGES_REQUEST: stored messages to the asking socket, oldest first.
 //!
 //! The per-user lock keeps two fetches from interleaving. Each message leaves the store only
-//! after the connector reports it written; the first one that is not written stops the
-//! fetch, and the rest stays stored. A delivered message that asked for a confirmation
+//! after the connector reports it written (to an acking socket: only once acknowledged; it
+//! goes with its number); the first one that is not written stops the fetch, and the rest
+//! stays stored. A delivered message that asked for a confirmation
 //! confirms to its sender now. The answer ends with FETCH_MISSING_MESSAGES_COMPLETE
 //! `{leftMissingCount}`: what is still stored.
 
@@ -10,7 +11,7 @@ use std::time::Duration;
 
 use tracing::{debug, warn};
 
-use common::envelope::{ConnectorCommand, Target};
+use common::envelope::{AckMark, ConnectorCommand, Target};
 use common::frame::{Feature, out_fetch_complete};
 use common::ids::{SocketAddress, UserId};
 use common::presence::PresenceError;
@@ -47,7 +48,7 @@ impl Processor {
         reference: Option<String>,
     ) -> Result<(), ProcessError> {
         let limit = count.min(self.config.max_fetch_count) as usize;
-        let fetched = self.store.fetch(user, limit).await?;
+        let fetched = self.store.fetch(user, 0, limit).await?;
         let target = || {
             vec![Target {
                 user: user.clone(),
@@ -55,27 +56,31 @@ impl Processor {
             }]
         };
         let mut delivered = 0u64;
-        for message in fetched.messages {
+        for kept in fetched.messages {
+            let message = kept.message;
             let command = ConnectorCommand::Deliver {
                 targets: target(),
                 frame: message.frame.clone(),
                 feature: Feature::Reliable,
                 id: Some(message.id),
+                ack: Some(AckMark::Resent(kept.seq)),
             };
-            if !self
-                .send(&origin.connector, command, true)
-                .await
-                .iter()
-                .any(|w| *w)
-            {
+            let report = self.send_report(&origin.connector, command, true).await;
+            if !report.any_written() {
                 debug!(user = %user, "fetching socket did not take a message; stopping");
                 break;
             }
-            self.store.remove(user, message.id).await?;
+            let acking = report.acking.iter().any(|a| *a);
+            if !acking {
+                self.store.remove(user, message.id).await?;
+            }
             delivered += 1;
             metrics::counter!("linker_fetched_total").increment(1);
             if let Some(confirm) = message.confirm {
                 self.confirm(confirm, message.id).await?;
+                if acking {
+                    self.store.confirmed(user, message.id).await?;
+                }
             }
         }
         let left = fetched.total.saturating_sub(delivered);
@@ -84,6 +89,7 @@ impl Processor {
             frame: out_fetch_complete(left, reference.as_deref()),
             feature: Feature::Reliable,
             id: None,
+            ack: None,
         };
         self.send(&origin.connector, command, false).await;
         Ok(())

@@ -14,6 +14,8 @@
 //!   confirmations, group fan-out.
 //! - [`fetch`]: FETCH_MISSING_MESSAGES_REQUEST under the per-user lock.
 //! - [`events`]: USER_CONNECTED/USER_DISCONNECTED for master users, CLOSE_CONNECTION.
+//! - [`resume`]: the acknowledged protocol: resume at login, ACK, MESSAGE_ACCEPTED and
+//!   retries recognised by reference.
 
 pub mod deliver;
 pub mod dispatch;
@@ -21,6 +23,7 @@ pub mod events;
 pub mod fetch;
 pub mod links;
 pub mod outbox;
+pub mod resume;
 pub mod route;
 
 use std::sync::Arc;
@@ -52,7 +55,7 @@ pub struct Config {
     /// How long a fetch waits for another fetch of the same user to finish before it is
     /// refused with `FETCH_IN_PROGRESS`.
     pub fetch_lock_wait_ms: u64,
-    /// Most messages one fetch returns.
+    /// Most messages one fetch returns (and one page of a resume).
     pub max_fetch_count: u32,
     /// Longest wait for a neighbouring domain to connect, answer HELLO, or ACK an envelope.
     pub link_timeout_ms: u64,
@@ -66,6 +69,12 @@ pub struct Config {
     /// A relay sent from here is sent again if its home domain's receipt has not come
     /// within this long (a domain on the way may have crashed with it).
     pub relay_receipt_timeout_ms: u64,
+    /// Most messages kept for one user (stored for fetch, or sent and not yet acknowledged).
+    /// Past it a message for that user is refused: its sender gets `GENERAL_ERROR INBOX_FULL`.
+    pub max_kept_per_user: u64,
+    /// How long a sender's `reference` is remembered, so a retried message (same sender and
+    /// reference, from an acking socket) is not delivered twice.
+    pub reference_window_ms: u64,
 }
 
 impl Default for Config {
@@ -83,6 +92,8 @@ impl Default for Config {
             link_max_backoff_ms: 5_000,
             outbox_retry_ms: 2_000,
             relay_receipt_timeout_ms: 10_000,
+            max_kept_per_user: 10_000,
+            reference_window_ms: 600_000,
         }
     }
 }
@@ -118,6 +129,8 @@ pub enum ProcessError {
     NoRoute(String),
     #[error("another fetch for this user is still running")]
     FetchInProgress,
+    #[error("{0} already has the most messages kept for one user; this one was not stored")]
+    InboxFull(String),
 }
 
 impl ProcessError {
@@ -126,7 +139,9 @@ impl ProcessError {
         match self {
             ProcessError::Store(_) | ProcessError::Presence(_) => true,
             ProcessError::Bus(e) => !matches!(e, BusError::Codec(_)),
-            ProcessError::NoRoute(_) | ProcessError::FetchInProgress => false,
+            ProcessError::NoRoute(_)
+            | ProcessError::FetchInProgress
+            | ProcessError::InboxFull(_) => false,
         }
     }
 
@@ -138,6 +153,7 @@ impl ProcessError {
             ProcessError::Bus(_) => "BUS_UNAVAILABLE",
             ProcessError::NoRoute(_) => "NO_ROUTE",
             ProcessError::FetchInProgress => "FETCH_IN_PROGRESS",
+            ProcessError::InboxFull(_) => "INBOX_FULL",
         }
     }
 }

@@ -51,7 +51,8 @@ impl Processor {
             frame: serde_json::to_string(envelope).expect("envelopes are plain data"),
             confirm: None,
         };
-        self.store.persist(&kept).await?;
+        // The outbox has no bound of its own: a relay is never refused here.
+        self.store.persist(&kept, u64::MAX).await?;
         metrics::counter!("linker_outbox_kept_total").increment(1);
         self.outbox_kept.notify_one();
         Ok(())
@@ -108,12 +109,12 @@ impl Processor {
                 return Ok(false);
             }
             let waiting = self.in_transit().len();
-            let fetched = self.store.fetch(user, waiting + WINDOW).await?;
+            let fetched = self.store.fetch(user, 0, waiting + WINDOW).await?;
             if fetched.messages.is_empty() {
                 return Ok(true);
             }
             let mut in_flight = Vec::with_capacity(WINDOW);
-            for kept in fetched.messages {
+            for kept in fetched.messages.into_iter().map(|k| k.message) {
                 if in_flight.len() == WINDOW {
                     break;
                 }

@@ -56,6 +56,7 @@ impl Processor {
             feature,
             reference: None,
             confirm: false,
+            ack: false,
             created_at: common::now_millis(),
             hops: 0,
             body: Body::Relay(Box::new(Relay {

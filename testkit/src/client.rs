@@ -77,6 +77,26 @@ impl Client {
         Ok(c)
     }
 
+    /// Connects and authenticates `user` of app ANZ with `"ack": true` (the acknowledged
+    /// protocol); fails unless the reply says true and confirms `ack`.
+    pub async fn login_ack(url: &str, user: &str) -> anyhow::Result<Client> {
+        let mut c = Client::connect(url).await?;
+        c.send(&json!({"type":"AUTH_CLIENT","data":{"appId":"app-id-343","userId":user,"token":"t","ack":true}}))
+            .await?;
+        let reply = c.expect("AUTH_CLIENT_REPLY").await?;
+        if reply["data"]["isAuthenticated"] != json!(true) || reply["data"]["ack"] != json!(true) {
+            bail!("{user} not authenticated with acks: {reply}");
+        }
+        c.user = user.to_owned();
+        Ok(c)
+    }
+
+    /// `ACK {ids}` for the numbered frames given.
+    pub async fn ack(&mut self, frames: &[&Value]) -> anyhow::Result<()> {
+        let ids: Vec<&Value> = frames.iter().map(|f| &f["id"]).collect();
+        self.send(&json!({"type":"ACK","data":{"ids":ids}})).await
+    }
+
     /// Sends AUTH_CLIENT and returns the AUTH_CLIENT_REPLY.
     pub async fn auth(&mut self, user: &str, app_id: &str) -> anyhow::Result<Value> {
         self.send(&json!({"type":"AUTH_CLIENT","data":{"appId":app_id,"userId":user,"token":"t"}}))
@@ -178,6 +198,10 @@ impl Client {
                 && let Some(i) = markers.iter().position(|m| m == content)
             {
                 markers.remove(i);
+                if frame["id"].is_string() {
+                    // An acking socket: the marker is kept until acknowledged.
+                    self.ack(&[&frame]).await?;
+                }
                 continue;
             }
             before.push(frame);

@@ -9,11 +9,13 @@ use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use common::bus::{Bus, BusError};
-use common::envelope::{Body, ConnectorCommand, DeliveryReport, Envelope, StoredMessage, Target};
+use common::envelope::{
+    Body, Confirm, ConnectorCommand, DeliveryReport, Envelope, StoredMessage, Target,
+};
 use common::frame::Feature;
 use common::ids::{ConnectorName, MessageId, SocketAddress, UserId};
 use common::presence::Presence;
-use common::store::Store;
+use common::store::{Persisted, Store};
 use serde_json::value::RawValue;
 
 fn user(n: u64) -> UserId {
@@ -39,39 +41,114 @@ fn stored(to: &UserId, text: &str) -> StoredMessage {
     }
 }
 
-/// Persist, fetch oldest first with totals, idempotent persist, remove, per-user copies.
+/// Persist, fetch oldest first with totals, idempotent persist, remove, per-user copies,
+/// sequence numbers that grow and are never reused, fetch after a number, the per-user bound,
+/// and forgetting a sent confirmation.
 pub async fn store_contract(store: &dyn Store) -> anyhow::Result<()> {
+    const MAX: u64 = 1000;
     let (a, b) = (fresh_user(), fresh_user());
     let messages: Vec<_> = (0..5).map(|i| stored(&a, &format!("m{i}"))).collect();
+    let mut seqs = Vec::new();
     for m in &messages {
-        store.persist(m).await?;
+        match store.persist(m, MAX).await? {
+            Persisted::Kept(seq) => seqs.push(seq),
+            Persisted::Full => anyhow::bail!("not full yet"),
+        }
     }
-    store.persist(&messages[0]).await?;
+    ensure!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "numbers grow: {seqs:?}"
+    );
+    ensure!(
+        store.persist(&messages[0], MAX).await? == Persisted::Kept(seqs[0]),
+        "a second persist of an id answers its number"
+    );
     let mut shared = stored(&b, "shared");
     shared.id = messages[1].id;
-    store.persist(&shared).await?;
-    let f = store.fetch(&a, 3).await?;
+    store.persist(&shared, MAX).await?;
+    let f = store.fetch(&a, 0, 3).await?;
     ensure!(f.total == 5, "total counts each id once: {}", f.total);
-    let frames: Vec<_> = f.messages.iter().map(|m| m.frame.as_str()).collect();
+    let frames: Vec<_> = f
+        .messages
+        .iter()
+        .map(|m| m.message.frame.as_str())
+        .collect();
     ensure!(frames == ["m0", "m1", "m2"], "oldest first: {frames:?}");
+    let got: Vec<_> = f.messages.iter().map(|m| m.seq).collect();
+    ensure!(
+        got == seqs[..3],
+        "fetch gives the numbers: {got:?} {seqs:?}"
+    );
+    let f = store.fetch(&a, seqs[2], 10).await?;
+    let frames: Vec<_> = f
+        .messages
+        .iter()
+        .map(|m| m.message.frame.as_str())
+        .collect();
+    ensure!(frames == ["m3", "m4"], "after a number: {frames:?}");
     store.remove(&a, messages[0].id).await?;
     store.remove(&a, messages[0].id).await?;
-    let f = store.fetch(&a, 10).await?;
+    let f = store.fetch(&a, 0, 10).await?;
     ensure!(
         f.total == 4 && f.messages.len() == 4,
         "after remove: {}",
         f.total
     );
-    ensure!(f.messages[0].frame == "m1", "{:?}", f.messages[0]);
-    let f = store.fetch(&b, 10).await?;
+    ensure!(f.messages[0].message.frame == "m1", "{:?}", f.messages[0]);
+    let f = store.fetch(&b, 0, 10).await?;
     ensure!(
-        f.total == 1 && f.messages[0].frame == "shared",
+        f.total == 1 && f.messages[0].message.frame == "shared",
         "one copy per user"
     );
-    let f = store.fetch(&fresh_user(), 10).await?;
+    let f = store.fetch(&fresh_user(), 0, 10).await?;
     ensure!(
         f.total == 0 && f.messages.is_empty(),
         "nothing for a stranger"
+    );
+
+    // Removing everything, the highest last, does not let a number be drawn again.
+    for m in &messages {
+        store.remove(&a, m.id).await?;
+    }
+    let f = store.fetch(&a, 0, 10).await?;
+    ensure!(f.total == 0 && f.messages.is_empty(), "all removed: {f:?}");
+    let next = stored(&a, "next");
+    let Persisted::Kept(seq) = store.persist(&next, MAX).await? else {
+        anyhow::bail!("not full");
+    };
+    ensure!(
+        seq > seqs[4],
+        "a number is never reused: {seq} after {seqs:?}"
+    );
+
+    // The bound: past it nothing is stored, but a kept id still answers its number.
+    let c = fresh_user();
+    let first = stored(&c, "c0");
+    store.persist(&first, 2).await?;
+    store.persist(&stored(&c, "c1"), 2).await?;
+    ensure!(
+        store.persist(&stored(&c, "c2"), 2).await? == Persisted::Full,
+        "a third message is over a bound of 2"
+    );
+    ensure!(
+        matches!(store.persist(&first, 2).await?, Persisted::Kept(_)),
+        "a kept id is not refused"
+    );
+    ensure!(store.fetch(&c, 0, 10).await?.total == 2, "the bound holds");
+
+    // A kept message forgets its pending confirmation once it was sent.
+    let d = fresh_user();
+    let mut owed = stored(&d, "owed");
+    owed.confirm = Some(Confirm {
+        to: a.clone(),
+        reference: "ref".into(),
+    });
+    store.persist(&owed, MAX).await?;
+    store.confirmed(&d, owed.id).await?;
+    let f = store.fetch(&d, 0, 10).await?;
+    ensure!(
+        f.messages.len() == 1 && f.messages[0].message.confirm.is_none(),
+        "confirmation forgotten: {f:?}"
     );
     Ok(())
 }
@@ -125,6 +202,28 @@ pub async fn presence_contract(p: &dyn Presence, keeps_marks: bool) -> anyhow::R
         p.is_processed(id).await? == keeps_marks,
         "processed marks kept: {keeps_marks}"
     );
+
+    // A claim holds its key for its message until the window ends.
+    let key = format!("{u}:ref-1");
+    let (first, second) = (MessageId::new(), MessageId::new());
+    let window = Duration::from_millis(1500);
+    ensure!(p.claim(&key, first, window).await? == first, "a new claim");
+    ensure!(
+        p.claim(&key, first, window).await? == first,
+        "the holder claims again"
+    );
+    ensure!(
+        p.claim(&key, second, window).await? == first,
+        "another message finds the key held"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while p.claim(&key, second, window).await? != second {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "the claim never ended"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     Ok(())
 }
 
@@ -138,6 +237,7 @@ fn envelope(from: &UserId, feature: Feature, n: u32) -> Envelope {
         confirm: true,
         created_at: common::now_millis(),
         hops: 0,
+        ack: false,
         body: Body::Message {
             to: from.clone(),
             content: RawValue::from_string(format!("{n}")).expect("a number is JSON"),
@@ -189,6 +289,7 @@ pub async fn bus_contract(bus: Arc<dyn Bus>, connector: &str) -> anyhow::Result<
             .context("a request carries a replier")?
             .reply(DeliveryReport {
                 written: vec![true, false],
+                acking: vec![],
             });
         let c = commands.recv().await.context("a one-way command arrives")?;
         ensure!(c.reply.is_none(), "a one-way command has no replier");
@@ -206,6 +307,7 @@ pub async fn bus_contract(bus: Arc<dyn Bus>, connector: &str) -> anyhow::Result<
                 frame: "frame-1".into(),
                 feature: Feature::Reliable,
                 id: Some(MessageId::new()),
+                ack: None,
             },
             Duration::from_secs(10),
         )

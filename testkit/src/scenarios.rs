@@ -58,6 +58,11 @@ macro_rules! every_scenario {
     repeated_bad_frames_close_with_1008,
     websocket_is_served_at_ws_only,
     a_master_acts_only_on_its_own_apps_users,
+    acking_client_gets_unacknowledged_messages_again_on_another_connector_in_order,
+    an_acknowledged_message_is_never_sent_again,
+    a_retried_reference_is_accepted_again_but_delivered_once,
+    ack_needs_an_acking_socket,
+    an_acking_fetch_keeps_messages_until_acknowledged,
         );
     };
 }
@@ -650,5 +655,220 @@ pub async fn a_master_acts_only_on_its_own_apps_users(d: &dyn Deployment) -> any
     ensure!(f["data"]["reason"] == "CROSS_APP_FORBIDDEN", "{f}");
     let later = anz.sync().await?;
     ensure!(later.is_empty(), "the ANZ user saw: {later:?}");
+    Ok(())
+}
+
+/// The numbered MESSAGE frames among `frames`, with their content, number and id.
+fn numbered(frames: &[Value]) -> anyhow::Result<Vec<(String, u64, String)>> {
+    frames
+        .iter()
+        .filter(|f| f["type"] == "MESSAGE")
+        .map(|f| {
+            Ok((
+                f["data"]["content"].as_str().unwrap_or_default().to_owned(),
+                f["seq"].as_u64().with_context(|| format!("no seq: {f}"))?,
+                f["id"]
+                    .as_str()
+                    .with_context(|| format!("no id: {f}"))?
+                    .to_owned(),
+            ))
+        })
+        .collect()
+}
+
+/// Frames up to and including RESUME_COMPLETE; its `resent` count.
+async fn resumed(c: &mut Client) -> anyhow::Result<(Vec<Value>, u64)> {
+    let mut got = Vec::new();
+    loop {
+        let f = c.next().await?;
+        if f["type"] == "RESUME_COMPLETE" {
+            let resent = f["data"]["resent"].as_u64().context("resent is a number")?;
+            return Ok((got, resent));
+        }
+        got.push(f);
+    }
+}
+
+pub async fn acking_client_gets_unacknowledged_messages_again_on_another_connector_in_order(
+    d: &dyn Deployment,
+) -> anyhow::Result<()> {
+    let (a_id, b_id) = (unique_user(), unique_user());
+    let mut a = Client::login(&d.ws_url(0), &a_id).await?;
+    let mut b = Client::login_ack(&d.ws_url(0), &b_id).await?;
+    let (nothing, resent) = resumed(&mut b).await?;
+    ensure!(nothing.is_empty() && resent == 0, "{nothing:?}");
+    for i in 0..3 {
+        a.message(&b_id, &format!("m{i}"), "RELIABLE", None).await?;
+    }
+    let mut live = Vec::new();
+    for _ in 0..3 {
+        live.push(b.expect("MESSAGE").await?);
+    }
+    let live = numbered(&live)?;
+    let contents: Vec<_> = live.iter().map(|m| m.0.as_str()).collect();
+    ensure!(contents == ["m0", "m1", "m2"], "{live:?}");
+    ensure!(
+        live.windows(2).all(|w| w[0].1 < w[1].1),
+        "numbers grow: {live:?}"
+    );
+    // Only the first is acknowledged, by number.
+    b.send(&json!({"type":"ACK","data":{"upTo":live[0].1}}))
+        .await?;
+    b.sync().await?;
+    b.close().await;
+    a.message(&b_id, "m3", "RELIABLE", None).await?;
+    a.sync().await?;
+    // Back on another connector: what was not acknowledged comes first, in order, with the
+    // same numbers and ids, then what was kept while away.
+    let mut b = Client::login_ack(&d.ws_url(1), &b_id).await?;
+    let (again, resent) = resumed(&mut b).await?;
+    let again = numbered(&again)?;
+    let contents: Vec<_> = again.iter().map(|m| m.0.as_str()).collect();
+    ensure!(contents == ["m1", "m2", "m3"], "{again:?}");
+    ensure!(resent == 3, "resent {resent}");
+    ensure!(
+        again[..2] == live[1..],
+        "same numbers and ids: {again:?} {live:?}"
+    );
+    ensure!(again[2].1 > again[1].1, "{again:?}");
+    // The original-protocol sender saw nothing new.
+    let extra = a.sync().await?;
+    ensure!(extra.is_empty(), "{extra:?}");
+    Ok(())
+}
+
+pub async fn an_acknowledged_message_is_never_sent_again(d: &dyn Deployment) -> anyhow::Result<()> {
+    let (a_id, b_id) = (unique_user(), unique_user());
+    let mut a = Client::login(&d.ws_url(0), &a_id).await?;
+    a.message(&b_id, "while away", "RELIABLE", Some("w1"))
+        .await?;
+    a.sync().await?;
+    let mut b = Client::login_ack(&d.ws_url(1), &b_id).await?;
+    let (got, resent) = resumed(&mut b).await?;
+    ensure!(resent == 1 && got.len() == 1, "{got:?}");
+    ensure!(
+        got[0]["reference"] == "w1" && got[0]["data"]["content"] == "while away",
+        "{got:?}"
+    );
+    // Delivered: the sender is confirmed now.
+    let c = a.expect("MESSAGE_CONFIRMATION").await?;
+    ensure!(c["data"]["reference"] == "w1", "{c}");
+    b.ack(&[&got[0]]).await?;
+    b.sync().await?;
+    b.close().await;
+    let mut b = Client::login_ack(&d.ws_url(0), &b_id).await?;
+    let (got, resent) = resumed(&mut b).await?;
+    ensure!(got.is_empty() && resent == 0, "sent again: {got:?}");
+    let (fetched, left) = fetch(&mut b, 10).await?;
+    ensure!(
+        fetched.is_empty() && left == 0,
+        "fetched again: {fetched:?}"
+    );
+    // Nor confirmed twice.
+    let later = a.sync().await?;
+    ensure!(later.is_empty(), "{later:?}");
+    Ok(())
+}
+
+pub async fn a_retried_reference_is_accepted_again_but_delivered_once(
+    d: &dyn Deployment,
+) -> anyhow::Result<()> {
+    let (a_id, b_id) = (unique_user(), unique_user());
+    let mut b = Client::login(&d.ws_url(1), &b_id).await?;
+    let mut a = Client::login_ack(&d.ws_url(0), &a_id).await?;
+    resumed(&mut a).await?;
+    let frame = json!({"type":"MESSAGE","reference":"retry-1","data":{"to":b_id,"content":"once"}});
+    a.send(&frame).await?;
+    let m = b.expect("MESSAGE").await?;
+    ensure!(
+        m["data"]["content"] == "once" && m.get("seq").is_none(),
+        "{m}"
+    );
+    // The acking sender gets the confirmation numbered, then MESSAGE_ACCEPTED.
+    let c = a.expect("MESSAGE_CONFIRMATION").await?;
+    ensure!(
+        c["data"]["reference"] == "retry-1" && c["seq"].is_u64(),
+        "{c}"
+    );
+    let acc = a.expect("MESSAGE_ACCEPTED").await?;
+    ensure!(
+        acc == json!({"type":"MESSAGE_ACCEPTED","data":{"reference":"retry-1"}}),
+        "{acc}"
+    );
+    a.close().await;
+    // The sender did not trust it and retries from a new socket on another connector; the
+    // unacknowledged confirmation comes back first.
+    let mut a = Client::login_ack(&d.ws_url(1), &a_id).await?;
+    let (again, _) = resumed(&mut a).await?;
+    ensure!(
+        again.len() == 1 && again[0]["id"] == c["id"],
+        "the confirmation is resent: {again:?}"
+    );
+    a.ack(&[&again[0]]).await?;
+    a.send(&frame).await?;
+    let acc = a.expect("MESSAGE_ACCEPTED").await?;
+    ensure!(acc["data"]["reference"] == "retry-1", "{acc}");
+    let later = b.sync().await?;
+    ensure!(later.is_empty(), "delivered twice: {later:?}");
+    let later = a.sync().await?;
+    ensure!(later.is_empty(), "confirmed twice: {later:?}");
+    // Another reference is a new message.
+    a.message(&b_id, "twice", "RELIABLE", Some("retry-2"))
+        .await?;
+    let m = b.expect("MESSAGE").await?;
+    ensure!(m["data"]["content"] == "twice", "{m}");
+    Ok(())
+}
+
+pub async fn ack_needs_an_acking_socket(d: &dyn Deployment) -> anyhow::Result<()> {
+    let mut a = Client::login(&d.ws_url(0), &unique_user()).await?;
+    a.send(&json!({"type":"ACK","reference":"k","data":{"upTo":3}}))
+        .await?;
+    let e = a.expect("INVALID_MESSAGE").await?;
+    ensure!(
+        e["data"]["reason"] == "ACK_NOT_ENABLED" && e["reference"] == "k",
+        "{e}"
+    );
+    a.send(&json!({"type":"ACK","data":{"ids":["not-an-id"]}}))
+        .await?;
+    let e = a.expect("INVALID_MESSAGE").await?;
+    ensure!(
+        e["data"]["reason"] == "INVALID_FIELD" && e["data"]["field"] == "ids",
+        "{e}"
+    );
+    Ok(())
+}
+
+pub async fn an_acking_fetch_keeps_messages_until_acknowledged(
+    d: &dyn Deployment,
+) -> anyhow::Result<()> {
+    let (a_id, b_id) = (unique_user(), unique_user());
+    let mut a = Client::login(&d.ws_url(0), &a_id).await?;
+    for i in 0..3 {
+        a.message(&b_id, &format!("f{i}"), "RELIABLE", None).await?;
+    }
+    a.sync().await?;
+    let mut b = Client::login_ack(&d.ws_url(1), &b_id).await?;
+    let (got, _) = resumed(&mut b).await?;
+    let got = numbered(&got)?;
+    ensure!(got.len() == 3, "{got:?}");
+    // A fetch on the same socket sends nothing it was already sent.
+    let (fetched, left) = fetch(&mut b, 10).await?;
+    ensure!(fetched.is_empty() && left == 0, "{fetched:?} left {left}");
+    b.send(&json!({"type":"ACK","data":{"upTo":got[1].1}}))
+        .await?;
+    b.sync().await?;
+    // Acknowledged ones left the store; the third is still kept, and an old-protocol device
+    // of the same user fetches it as before (plain, and that delivery removes it).
+    let mut old = Client::login(&d.ws_url(0), &b_id).await?;
+    let (fetched, left) = fetch(&mut old, 10).await?;
+    ensure!(
+        fetched == vec![json!({"type":"MESSAGE","data":{"from":a_id,"content":"f2"}})] && left == 0,
+        "{fetched:?} left {left}"
+    );
+    b.close().await;
+    let mut b = Client::login_ack(&d.ws_url(1), &b_id).await?;
+    let (again, resent) = resumed(&mut b).await?;
+    ensure!(again.is_empty() && resent == 0, "{again:?}");
     Ok(())
 }
