@@ -300,7 +300,9 @@ async fn a_stream_across_connectors_survives_kafka_and_redis_restarts() {
     };
     let warm = flowing_again("the stream flows", &pairs).await;
     progress("flowing");
+    let stopping_kafka = Instant::now();
     let kafka = stop("kafka").await;
+    let kafka_stop = stopping_kafka.elapsed();
     let refused_in = wait_for("a refusal while Kafka is down", || {
         errors.load(Ordering::Relaxed) > 0
     })
@@ -312,7 +314,18 @@ async fn a_stream_across_connectors_survives_kafka_and_redis_restarts() {
 
     progress("flowing after Kafka");
     let redis = stop("redis").await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Down while every sender sends 40 more messages.
+    let marks: Vec<u64> = pairs
+        .iter()
+        .map(|p| p.sent.load(Ordering::Relaxed) + 40)
+        .collect();
+    wait_for("40 more sends while Redis is down", || {
+        pairs
+            .iter()
+            .zip(&marks)
+            .all(|(p, mark)| p.sent.load(Ordering::Relaxed) >= *mark)
+    })
+    .await;
     start(redis).await;
     progress("Redis up");
     let redis_back = flowing_again("the stream after Redis is back", &pairs).await;
@@ -372,8 +385,8 @@ async fn a_stream_across_connectors_survives_kafka_and_redis_restarts() {
     let confirmed: usize = logs.iter().map(|l| l.confirmed.len()).sum();
     println!(
         "sent {}, refused {} {reasons:?}, accepted {}, received {} ({fetched} by fetch), \
-         confirmed {confirmed}, lost {}, duplicated {}; stream flowed after {warm:?}, first \
-         refusal {refused_in:?} after Kafka stopped, flowing {kafka_back:?} after Kafka was \
+         confirmed {confirmed}, lost {}, duplicated {}; stream flowed after {warm:?}; stopping \
+         Kafka took {kafka_stop:?}, first refusal {refused_in:?} after that; flowing {kafka_back:?} after Kafka was \
          up, {redis_back:?} after Redis was up",
         sent.len(),
         refused.len(),
