@@ -3,7 +3,8 @@
 #
 # Owns four background processes, each listening on 127.0.0.1 only:
 #   nats   nats-server (Debian package), JetStream on      port $LINKER_TEST_NATS_PORT  (14222)
-#   redis  redis-server (Debian package), no persistence   port $LINKER_TEST_REDIS_PORT (16379)
+#   redis  redis-server (Debian package), append-only file port $LINKER_TEST_REDIS_PORT (16379)
+#          (as production should run it: processed marks must outlive a restart)
 #   kafka  Apache Kafka 3.9 single node in KRaft mode      port $LINKER_TEST_KAFKA_PORT (19092),
 #          (jars from Maven Central via scripts/services/kafka-pom.xml,   controller port
 #          cached in ~/.cache/linker-services/kafka-libs)   $LINKER_TEST_KAFKA_CONTROLLER_PORT (19093)
@@ -303,7 +304,7 @@ launch() { # ENGINE
     redis)
       mkdir -p "$dir/data"
       cmd=(redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --protected-mode yes
-        --save '' --appendonly no --dir "$dir/data" --daemonize no --logfile '')
+        --save '' --appendonly yes --appendfsync everysec --dir "$dir/data" --daemonize no --logfile '')
       ;;
     kafka)
       prepare_kafka "$dir"
