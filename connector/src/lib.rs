@@ -5,12 +5,14 @@
 //! no routing decision and names no engine: only the `Bus` and `Presence` traits.
 //!
 //! Layout:
+//! - `acks`: an acking socket's record of numbered frames not yet acknowledged.
 //! - [`auth`]: the checks behind `AUTH_CLIENT`, and the HTTP auth callback.
 //! - `limits`: the frame-rate token bucket and connection admission.
 //! - [`session`]: one socket's life, from handshake to close.
 //! - [`registry`]: the table of authenticated sockets, and the loop that carries out the
 //!   processors' commands on them.
 
+mod acks;
 pub mod auth;
 mod limits;
 pub mod registry;
