@@ -5,6 +5,7 @@
 //! no routing decision and names no engine: only the `Bus` and `Presence` traits.
 //!
 //! Layout:
+//! - `acks`: an acking socket's record of numbered frames not yet acknowledged.
 //! - [`auth`]: the checks behind `AUTH_CLIENT`, and the HTTP auth callback.
 //! - `limits`: the frame-rate token bucket and connection admission.
 //! - [`session`]: one socket's life, from handshake to close.
@@ -12,6 +13,7 @@
 //!   processors' commands on them.
 //! - `link`: the listener for neighbouring domains' links.
 
+mod acks;
 pub mod auth;
 mod limits;
 mod link;

@@ -7,7 +7,7 @@
 //! that logs in with `"ack": true` remembers the numbered frames written to it until the
 //! client acknowledges them (`ACK {upTo}` acknowledges only frames this socket was sent).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -40,6 +40,7 @@ use common::frame::{
 use common::ids::{DomainName, MessageId, SocketAddress, SocketId, UserId};
 
 use crate::Shared;
+use crate::acks::Unacked;
 use crate::auth;
 use crate::limits::{Admitted, TokenBucket};
 use crate::registry::{Outbound, SocketHandle, Ticket};
@@ -58,10 +59,6 @@ pub const CLOSED_SLOW_READER: u16 = 4003;
 pub const SHUTDOWN_REASON: &str = "server shutting down; reconnect";
 /// Longest wait at shutdown for the frames queued for a socket to be written.
 const SHUTDOWN_FLUSH: Duration = Duration::from_secs(1);
-
-/// Numbered frames an acking socket remembers until acknowledged; past it the oldest is
-/// forgotten here (it stays kept, and is resent at the next login or acked by id).
-pub const MAX_UNACKED_PER_SOCKET: usize = 4096;
 
 pub(crate) async fn run(
     shared: Arc<Shared>,
@@ -172,7 +169,7 @@ async fn session<S>(
         last_seen: Instant::now(),
         publishing: None,
         ack: false,
-        unacked: BTreeMap::new(),
+        unacked: Unacked::default(),
     };
     let end = s.serve(&mut stream, &mut rx, deadline, &shutdown).await;
     if let Some(frame) = end {
@@ -206,8 +203,8 @@ struct Session<S> {
     publishing: Option<Publishing>,
     /// The socket logged in with `"ack": true`.
     ack: bool,
-    /// Numbered frames written and not yet acknowledged: number -> message id.
-    unacked: BTreeMap<u64, MessageId>,
+    /// Numbered frames written and not yet acknowledged.
+    unacked: Unacked,
 }
 
 /// A publish in flight; resolves to the error frame to send the client, if any.
@@ -340,10 +337,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             self.sink.feed(Message::Text(out.text)).await?;
             self.tickets.extend(out.ticket);
             if let Some((seq, id)) = out.numbered {
-                self.unacked.insert(seq, id);
-                if self.unacked.len() > MAX_UNACKED_PER_SOCKET {
-                    self.unacked.pop_first();
-                }
+                self.unacked.written(seq, id);
             }
             count += 1;
             if count < MAX_BATCH {
@@ -635,7 +629,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     let detail = "ACK needs a socket that logged in with \"ack\": true";
                     return self.refuse("ACK_NOT_ENABLED", detail, reference).await;
                 }
-                let ids = self.acknowledged(up_to, ids);
+                let ids = self.unacked.acknowledge(up_to, ids);
                 if ids.is_empty() {
                     return;
                 }
@@ -656,26 +650,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             body,
         };
         self.start_publish(envelope, true);
-    }
-
-    /// The message ids an ACK covers: the frames numbered up to `up_to` that this socket was
-    /// sent, and the `ids` named. They are forgotten here.
-    fn acknowledged(&mut self, up_to: Option<u64>, ids: Vec<MessageId>) -> Vec<MessageId> {
-        let mut acked = Vec::new();
-        if let Some(up_to) = up_to {
-            let later = match up_to.checked_add(1) {
-                Some(next) => self.unacked.split_off(&next),
-                None => BTreeMap::new(),
-            };
-            acked.extend(std::mem::replace(&mut self.unacked, later).into_values());
-        }
-        if !ids.is_empty() {
-            let named: std::collections::HashSet<MessageId> = ids.into_iter().collect();
-            self.unacked.retain(|_, held| !named.contains(held));
-            acked.retain(|id| !named.contains(id));
-            acked.extend(named);
-        }
-        acked
     }
 
     fn may_message(&self, from: &UserId, to: &UserId) -> Result<(), (&'static str, String)> {

@@ -14,7 +14,6 @@ use tracing::{debug, warn};
 use common::envelope::{AckMark, ConnectorCommand, Envelope, Target};
 use common::frame::{Feature, out_accepted, out_resume_complete};
 use common::ids::{MessageId, SocketAddress, UserId};
-use common::presence::PresenceError;
 
 use crate::{ProcessError, Processor};
 
@@ -49,11 +48,9 @@ impl Processor {
     ) -> Result<(), ProcessError> {
         let ttl = self.config.fetch_lock_ttl();
         let wait = Duration::from_millis(self.config.fetch_lock_wait_ms);
-        let token = match self.presence.lock(&user, ttl, wait).await {
-            Ok(token) => token,
-            Err(PresenceError::LockTimeout(..)) => return Err(ProcessError::FetchInProgress),
-            Err(e) => return Err(e.into()),
-        };
+        // A fetch of the same user holding the lock makes this wait and retry (a transient
+        // error): the socket holds its live frames back until the resume ends.
+        let token = self.presence.lock(&user, ttl, wait).await?;
         let result = self.resume_locked(&user, &origin).await;
         if let Err(e) = self.presence.unlock(&user, token).await {
             warn!(user = %user, error = %e, "resume lock not released; it expires by itself");

@@ -63,6 +63,7 @@ macro_rules! every_scenario {
     a_retried_reference_is_accepted_again_but_delivered_once,
     ack_needs_an_acking_socket,
     an_acking_fetch_keeps_messages_until_acknowledged,
+    what_was_kept_comes_before_anything_new_on_an_acking_login,
         );
     };
 }
@@ -870,5 +871,55 @@ pub async fn an_acking_fetch_keeps_messages_until_acknowledged(
     let mut b = Client::login_ack(&d.ws_url(1), &b_id).await?;
     let (again, resent) = resumed(&mut b).await?;
     ensure!(again.is_empty() && resent == 0, "{again:?}");
+    Ok(())
+}
+
+pub async fn what_was_kept_comes_before_anything_new_on_an_acking_login(
+    d: &dyn Deployment,
+) -> anyhow::Result<()> {
+    let (a_id, b_id) = (unique_user(), unique_user());
+    let mut a = Client::login(&d.ws_url(0), &a_id).await?;
+    const KEPT: usize = 100;
+    const NEW: usize = 20;
+    for i in 0..KEPT {
+        a.message(&b_id, &format!("n{i:03}"), "RELIABLE", None)
+            .await?;
+    }
+    a.sync().await?;
+    let mut b = Client::login_ack(&d.ws_url(1), &b_id).await?;
+    // New messages while the resume runs: they must wait for it.
+    for i in KEPT..KEPT + NEW {
+        a.message(&b_id, &format!("n{i:03}"), "RELIABLE", None)
+            .await?;
+    }
+    let mut order = Vec::new();
+    let mut complete_at = None;
+    while order.len() < KEPT + NEW {
+        let f = b.next().await?;
+        if f["type"] == "RESUME_COMPLETE" {
+            complete_at = Some(order.len());
+            continue;
+        }
+        ensure!(f["type"] == "MESSAGE" && f["seq"].is_u64(), "{f}");
+        order.push(f["data"]["content"].as_str().unwrap_or_default().to_owned());
+        b.ack(&[&f]).await?;
+    }
+    let complete_at = match complete_at {
+        Some(at) => at,
+        None => {
+            b.expect("RESUME_COMPLETE").await?;
+            order.len()
+        }
+    };
+    ensure!(
+        complete_at >= KEPT,
+        "RESUME_COMPLETE after the kept ones: {complete_at}"
+    );
+    let mut sorted = order.clone();
+    sorted.sort();
+    ensure!(
+        order == sorted,
+        "kept first, then new, each in order: {order:?}"
+    );
     Ok(())
 }
