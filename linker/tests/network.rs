@@ -56,6 +56,16 @@ async fn path_works(a: &mut Client, b: &mut Client, to: &str) -> anyhow::Result<
     }
 }
 
+/// A user on domain-01 and one on domain-03 (two hops away) once messages flow between them;
+/// and the second one's id.
+async fn linked_pair(net: &DomainNet) -> anyhow::Result<(Client, Client, String)> {
+    let mut a = login(net, 0).await?;
+    let mut b = login(net, 2).await?;
+    let to = b.user.clone();
+    path_works(&mut a, &mut b, &to).await?;
+    Ok((a, b, to))
+}
+
 async fn ring_carries_every_kind(net: &DomainNet) -> anyhow::Result<()> {
     let mut clients = Vec::new();
     for i in 0..4 {
@@ -397,10 +407,7 @@ fn check_counts(
 async fn a_killed_domain_is_routed_around_with_nothing_lost() {
     let mut net = DomainNet::ring(bin()).await.unwrap();
     let result = async {
-        let mut a = login(&net, 0).await?;
-        let mut b = login(&net, 2).await?;
-        let to = b.user.clone();
-        path_works(&mut a, &mut b, &to).await?;
+        let (mut a, mut b, to) = linked_pair(&net).await?;
         let relayed = |i: usize| {
             let page = net.page_addr(i);
             async move {
@@ -458,10 +465,7 @@ async fn latency(a: &mut Client, b: &mut Client) -> anyhow::Result<Duration> {
 async fn with_every_path_cut_messages_wait_and_arrive_once() {
     let mut net = DomainNet::ring(bin()).await.unwrap();
     let result = async {
-        let mut a = login(&net, 0).await?;
-        let mut b = login(&net, 2).await?;
-        let to = b.user.clone();
-        path_works(&mut a, &mut b, &to).await?;
+        let (mut a, mut b, to) = linked_pair(&net).await?;
         net.kill(1).await?;
         net.kill(3).await?;
         const TOTAL: usize = 50;
