@@ -63,4 +63,39 @@ for stat, key in [("mean", "mean_ms"), ("p99", "p99_ms")]:
                              median(f"{mode}-bc-{feature}-{s}-{p}", key)))
     draw(f"broadcast-{stat}", f"broadcast (GROUP_MESSAGE to an explicit list): {stat} latency per copy",
          "subscribers x publishers", rows)
-print(f"charts in {out}")
+
+
+def cell(name, key, fmt="{:.2f}"):
+    rs = runs.get(name)
+    if not rs:
+        return "-"
+    return fmt.format(statistics.median(r["latency"][key] for r in rs))
+
+
+def per_run(name, field):
+    return "/".join(str(r[field]) for r in runs.get(name, [])) or "-"
+
+
+print("\nself-echo, medians of the runs (ms):\n")
+print("| mode | feature | connections | runs | p50 | p90 | p99 | p99.9 | max | lost | dup |")
+print("|---|---|---|---|---|---|---|---|---|---|---|")
+for mode in modes:
+    for feature in features:
+        for n in [1000, 2000, 3000, 4000]:
+            name = f"{mode}-se-{feature}-{n}"
+            if name in runs:
+                print(f"| {mode} | {feature} | {n} | {len(runs[name])} | " + " | ".join(
+                    cell(name, k) for k in ["p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms"])
+                      + f" | {per_run(name, 'lost')} | {per_run(name, 'duplicated')} |")
+print("\nbroadcast, medians of the runs (ms, per delivered copy):\n")
+print("| mode | feature | subscribers x publishers | copies | runs | mean | p50 | p99 | max | lost | dup |")
+print("|---|---|---|---|---|---|---|---|---|---|---|")
+for mode in modes:
+    for feature in features:
+        for sub, pub in configs:
+            name = f"{mode}-bc-{feature}-{sub}-{pub}"
+            if name in runs:
+                print(f"| {mode} | {feature} | {sub} x {pub} | {sub * pub} | {len(runs[name])} | " + " | ".join(
+                    cell(name, k) for k in ["mean_ms", "p50_ms", "p99_ms", "max_ms"])
+                      + f" | {per_run(name, 'lost')} | {per_run(name, 'duplicated')} |")
+print(f"\ncharts in {out}")

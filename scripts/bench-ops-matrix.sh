@@ -28,7 +28,7 @@ for feature in FAST RELIABLE; do
     configs+=("bc-$feature-$s-$p|--workload broadcast --feature $feature --subscribers $s --publishers $p $bcast_phases")
   done
 done
-configs+=("idle-15000|--workload connections --connections 15000 --connect-rate 5000 --source-ips 127.0.0.1,127.0.0.2,127.0.0.3,127.0.0.4 --warmup-secs 0 --duration-secs 2 --drain-secs 0")
+configs+=("idle-15000|--workload connections --connections 15000 --source-ips 127.0.0.1,127.0.0.2,127.0.0.3,127.0.0.4 --warmup-secs 0 --duration-secs 2 --drain-secs 0")
 
 for run in 1 2 3; do
   for mode in embedded split; do

@@ -31,9 +31,10 @@ cat >"$work/linker.yaml" <<YAML
 domains:
   - name: $domain
 clientApps:
+  # No master user: every connect and disconnect would otherwise be stored for the offline
+  # master (docs/benchmarks.md, finding 3), one MongoDB write per connection of the ramp.
   - appName: ANZ
     appId: app-id-343
-    masterUserId: ANZ-123223
     authEnabled: false
 linker:
   domain: $domain

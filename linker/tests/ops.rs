@@ -1,5 +1,7 @@
 //! The ops endpoints of every process: `/ready` answers 200 naming each engine the role uses
-//! once they answer, embedded and split; `/metrics` shows the traffic it saw.
+//! once they answer, embedded and split, and 503 naming the one that went away (Redis behind a
+//! relay the test cuts, on its own processor; the shared engines are never stopped), then 200
+//! again; `/metrics` shows the traffic it saw.
 
 use std::path::Path;
 
@@ -136,12 +138,8 @@ async fn metrics_count_connections_auths_frames_latency_stores_and_fetches() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn split_processor_reports_its_kafka_consumer_lag() {
     let d = Split::start(bin()).await.unwrap();
-    let mut a = Client::login(&d.ws_url(0), &unique_user()).await.unwrap();
-    a.message(&unique_user(), "stored", "RELIABLE", None)
-        .await
-        .unwrap();
-    a.sync().await.unwrap();
-    // librdkafka reports every 5 s; each processor owns some partitions and reports its lag.
+    // librdkafka reports every 5 s; each processor owns some partitions and reports its lag
+    // (0 when idle), traffic or not.
     for p in &d.processors {
         let addr = p.ready("metrics").unwrap();
         let mut text = String::new();
@@ -157,4 +155,88 @@ async fn split_processor_reports_its_kafka_consumer_lag() {
             "{text}"
         );
     }
+}
+
+/// A TCP relay to `target` on a port of its own; `stop` drops the listener and every relayed
+/// connection, as if the engine behind it went away.
+struct Relay {
+    port: u16,
+    tasks: tokio::task::JoinSet<()>,
+}
+
+impl Relay {
+    async fn start(port: u16, target: String) -> Relay {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(async move {
+            let mut links = tokio::task::JoinSet::new();
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let target = target.clone();
+                links.spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        Relay { port, tasks }
+    }
+
+    async fn stop(mut self) {
+        self.tasks.shutdown().await;
+    }
+}
+
+/// `/ready` of `addr` until its status is `want` (a bounded poll); the last body.
+async fn ready_becomes(addr: &str, want: u16) -> Value {
+    let mut last = Value::Null;
+    for _ in 0..150 {
+        let (status, body) = ready(addr).await;
+        if status == want {
+            return body;
+        }
+        last = body;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("/ready never answered {want}; last: {last}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processor_is_not_ready_while_redis_is_unreachable_and_ready_again_after() {
+    let engines = testkit::split::Engines::from_env().unwrap();
+    let redis = engines.redis.trim_start_matches("redis://").to_owned();
+    let relay = Relay::start(0, redis.clone()).await;
+    let port = relay.port;
+    let dir = tempfile::tempdir().unwrap();
+    let domain = format!("ready{}", std::process::id());
+    let config = format!(
+        "{network}\nlinker:\n  domain: {domain}\n  metrics_listen: 127.0.0.1:0\n  engines:\n    nats_url: {nats}\n    kafka_brokers: {kafka}\n    kafka_partitions: 1\n    redis_url: redis://127.0.0.1:{port}\n    mongo_url: {mongo}\n",
+        network = testkit::deployment::TEST_NETWORK.replace("domain-01", &domain),
+        nats = engines.nats,
+        kafka = engines.kafka,
+        mongo = engines.mongo,
+    );
+    let path = dir.path().join("linker.yaml");
+    std::fs::write(&path, config).unwrap();
+    let path = path.display().to_string();
+    let args = ["processor", "--config", &path, "--name", "processor-01"];
+    let p = testkit::process::LinkerProcess::start(bin(), &args, &dir.path().join("p.log"))
+        .await
+        .unwrap();
+    let addr = p.ready("metrics").unwrap();
+    ready_becomes(&addr, 200).await;
+
+    relay.stop().await;
+    let body = ready_becomes(&addr, 503).await;
+    assert_eq!(body["ready"], false, "{body}");
+    assert_eq!(body["not_ready"], json!(["presence"]), "{body}");
+    assert_eq!(body["engines"]["bus"], "ok", "{body}");
+    assert_eq!(body["engines"]["store"], "ok", "{body}");
+
+    // Redis is back on the same address: the process is ready again, without a restart.
+    let _relay = Relay::start(port, redis).await;
+    ready_becomes(&addr, 200).await;
 }
