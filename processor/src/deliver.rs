@@ -10,7 +10,7 @@
 //! stays kept until the user acknowledges it. Users of other domains get the same, relayed
 //! to their domain (see `route`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use serde_json::value::RawValue;
 use tracing::{debug, warn};
@@ -381,7 +381,8 @@ impl Processor {
             }
         }
         let report = feature == Feature::Reliable;
-        let mut took: Vec<&UserId> = Vec::new();
+        // Recipients at least one of whose sockets took it (a set: groups are large).
+        let mut took: HashSet<UserId> = HashSet::new();
         let mut acking: Vec<(ConnectorName, Vec<Target>)> = Vec::new();
         for (connector, targets) in by_connector(sockets.iter().map(|(u, s)| (*u, s))) {
             let command = ConnectorCommand::Deliver {
@@ -393,8 +394,8 @@ impl Processor {
             };
             let r = self.send_report(&connector, command, report).await;
             for (target, ok) in targets.iter().zip(&r.written) {
-                if *ok && let Some(u) = to.iter().find(|u| **u == target.user) {
-                    took.push(u);
+                if *ok {
+                    took.insert(target.user.clone());
                 }
             }
             let numbered = needing_numbers(&targets, &r);
@@ -415,14 +416,19 @@ impl Processor {
                 confirm: None,
             };
             // This member's acking sockets get it kept and numbered.
-            let mine: Vec<(ConnectorName, Vec<Target>)> = acking
-                .iter()
-                .map(|(c, ts)| {
-                    let ts: Vec<Target> = ts.iter().filter(|t| t.user == *user).cloned().collect();
-                    (c.clone(), ts)
-                })
-                .filter(|(_, ts)| !ts.is_empty())
-                .collect();
+            let mine: Vec<(ConnectorName, Vec<Target>)> = if acking.is_empty() {
+                Vec::new()
+            } else {
+                acking
+                    .iter()
+                    .map(|(c, ts)| {
+                        let ts: Vec<Target> =
+                            ts.iter().filter(|t| t.user == *user).cloned().collect();
+                        (c.clone(), ts)
+                    })
+                    .filter(|(_, ts)| !ts.is_empty())
+                    .collect()
+            };
             if !mine.is_empty() && !self.was_acked(user, id).await? {
                 match self.keep(&message).await? {
                     Some(seq) => {
@@ -435,7 +441,7 @@ impl Processor {
                     }
                 }
             }
-            if took.contains(&user) {
+            if took.contains(user) {
                 continue;
             }
             match feature {
