@@ -84,16 +84,36 @@ pub(crate) async fn run(
         }
         match shared.tls.clone() {
             None => session(shared, stream, admitted, deadline, id, shutdown).await,
-            Some(tls) => match timeout_at(deadline, tls.accept(stream)).await {
-                Ok(Ok(stream)) => session(shared, stream, admitted, deadline, id, shutdown).await,
-                Ok(Err(e)) => debug!(error = %e, "TLS handshake failed"),
-                Err(_) => debug!("no TLS handshake before the auth deadline"),
-            },
+            // Boxed: a TLS session's state is ~10 KiB, and every plain socket's task would
+            // otherwise reserve room for it (each task is as large as its largest branch).
+            Some(tls) => {
+                Box::pin(tls_session(
+                    tls, shared, stream, admitted, deadline, id, shutdown,
+                ))
+                .await
+            }
         }
         metrics::gauge!("linker_connector_connections").decrement(1.0);
     }
     .instrument(span)
     .await
+}
+
+/// The TLS handshake (within the auth deadline), then the session over it.
+async fn tls_session(
+    tls: tokio_rustls::TlsAcceptor,
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    admitted: Result<Admitted, &'static str>,
+    deadline: Instant,
+    id: SocketId,
+    shutdown: CancellationToken,
+) {
+    match timeout_at(deadline, tls.accept(stream)).await {
+        Ok(Ok(stream)) => session(shared, stream, admitted, deadline, id, shutdown).await,
+        Ok(Err(e)) => debug!(error = %e, "TLS handshake failed"),
+        Err(_) => debug!("no TLS handshake before the auth deadline"),
+    }
 }
 
 fn close_frame(code: CloseCode, reason: impl Into<String>) -> CloseFrame {
