@@ -80,6 +80,10 @@ fn check_accepted(frame: &ClientFrame, limits: &ParseLimits) {
         ClientBody::CloseConnection { user_id } => valid(user_id),
         ClientBody::FetchMissingMessages { count } => assert!(*count > 0),
         ClientBody::AuthClient { .. } => {}
+        ClientBody::Ack { up_to, ids } => {
+            assert!(up_to.is_some() || !ids.is_empty(), "an ACK acknowledges something");
+            assert!(ids.len() <= 1000, "{} ids", ids.len());
+        }
     }
 }
 
@@ -122,6 +126,12 @@ enum Data<'a> {
         user_id: &'a str,
         #[serde(skip_serializing_if = "Option::is_none")]
         token: Option<&'a str>,
+        ack: bool,
+    },
+    Ack {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        up_to: Option<u64>,
+        ids: Vec<String>,
     },
     Message {
         to: &'a str,
@@ -145,10 +155,16 @@ fn to_wire(frame: &ClientFrame) -> String {
             app_id,
             user_id,
             token,
+            ack,
         } => Data::AuthClient {
             app_id,
             user_id,
             token: token.as_deref(),
+            ack: *ack,
+        },
+        ClientBody::Ack { up_to, ids } => Data::Ack {
+            up_to: *up_to,
+            ids: ids.iter().map(ToString::to_string).collect(),
         },
         ClientBody::Message { to, content } => Data::Message {
             to: to.as_str(),
