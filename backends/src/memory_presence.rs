@@ -13,6 +13,7 @@ use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 use tokio::sync::Notify;
 
+use common::channel::Channel;
 use common::ids::{MessageId, SocketAddress, UserId};
 use common::presence::{LockToken, Presence, PresenceError};
 
@@ -27,6 +28,8 @@ pub const MAX_CLAIMS: usize = 1_000_000;
 #[derive(Default)]
 pub struct MemoryPresence {
     sockets: DashMap<UserId, Vec<SocketAddress>>,
+    /// Member sockets of each channel; a channel without members is removed.
+    channels: DashMap<Channel, Vec<(UserId, SocketAddress)>>,
     claims: DashMap<String, (MessageId, Instant)>,
     /// Size at which expired claims are swept next.
     sweep_at: std::sync::atomic::AtomicUsize,
@@ -86,6 +89,45 @@ impl Presence for MemoryPresence {
             .sockets
             .get(user)
             .map(|s| s.clone())
+            .unwrap_or_default())
+    }
+
+    async fn join(
+        &self,
+        channel: &Channel,
+        user: &UserId,
+        socket: &SocketAddress,
+    ) -> Result<(), PresenceError> {
+        let mut entry = self.channels.entry(channel.clone()).or_default();
+        if !entry.iter().any(|(u, s)| u == user && s == socket) {
+            entry.push((user.clone(), socket.clone()));
+        }
+        Ok(())
+    }
+
+    async fn leave(
+        &self,
+        channel: &Channel,
+        user: &UserId,
+        socket: &SocketAddress,
+    ) -> Result<(), PresenceError> {
+        if let Entry::Occupied(mut e) = self.channels.entry(channel.clone()) {
+            e.get_mut().retain(|(u, s)| !(u == user && s == socket));
+            if e.get().is_empty() {
+                e.remove();
+            }
+        }
+        Ok(())
+    }
+
+    async fn members(
+        &self,
+        channel: &Channel,
+    ) -> Result<Vec<(UserId, SocketAddress)>, PresenceError> {
+        Ok(self
+            .channels
+            .get(channel)
+            .map(|m| m.clone())
             .unwrap_or_default())
     }
 

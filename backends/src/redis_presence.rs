@@ -1,7 +1,8 @@
 //! Presence on Redis, shared by every connector and processor of a domain. Keys under
 //! `linker:<namespace>:` — `presence:<user>` (sorted set of `<connector>/<socket>`, score =
 //! expiry in ms), `lock:<user>` (token, `SET NX PX`), `done:<message id>` (processed mark, 24 h),
-//! `claim:<key>` (the message id holding a sender's reference, `SET NX PX` for the window).
+//! `claim:<key>` (the message id holding a sender's reference, `SET NX PX` for the window),
+//! `channel:<channel>` (set of `<user>|<connector>/<socket>`, the channel's member sockets).
 //! Expiry is reckoned by scripts on the Redis server's clock, never a host's, so skewed clocks
 //! cannot age sockets early. Every command is bounded by a timeout; the manager reconnects.
 
@@ -14,6 +15,7 @@ use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisError, Script};
 
+use common::channel::Channel;
 use common::ids::{ConnectorName, MessageId, SocketAddress, UserId};
 use common::presence::{LockToken, Presence, PresenceError};
 
@@ -134,6 +136,28 @@ impl RedisPresence {
         format!("{}lock:{user}", self.prefix)
     }
 
+    fn channel_key(&self, channel: &Channel) -> String {
+        format!("{}channel:{channel}", self.prefix)
+    }
+
+    /// SADD or SREM of one channel membership.
+    async fn membership(
+        &self,
+        command: &str,
+        channel: &Channel,
+        user: &UserId,
+        socket: &SocketAddress,
+    ) -> Result<(), PresenceError> {
+        let mut con = self.con.clone();
+        let cmd = redis::cmd(command)
+            .arg(self.channel_key(channel))
+            .arg(format!("{user}|{}", member(socket)))
+            .clone();
+        self.bounded(cmd.query_async::<u64>(&mut con))
+            .await
+            .map(drop)
+    }
+
     fn done_key(&self, id: MessageId) -> String {
         format!("{}done:{id}", self.prefix)
     }
@@ -216,6 +240,47 @@ impl Presence for RedisPresence {
                 let parsed = parse_member(m);
                 if parsed.is_none() {
                     tracing::warn!(user = %user, member = %m, "unreadable presence entry skipped");
+                }
+                parsed
+            })
+            .collect())
+    }
+
+    async fn join(
+        &self,
+        channel: &Channel,
+        user: &UserId,
+        socket: &SocketAddress,
+    ) -> Result<(), PresenceError> {
+        self.membership("SADD", channel, user, socket).await
+    }
+
+    async fn leave(
+        &self,
+        channel: &Channel,
+        user: &UserId,
+        socket: &SocketAddress,
+    ) -> Result<(), PresenceError> {
+        self.membership("SREM", channel, user, socket).await
+    }
+
+    async fn members(
+        &self,
+        channel: &Channel,
+    ) -> Result<Vec<(UserId, SocketAddress)>, PresenceError> {
+        let mut con = self.con.clone();
+        let cmd = redis::cmd("SMEMBERS")
+            .arg(self.channel_key(channel))
+            .clone();
+        let members: Vec<String> = self.bounded(cmd.query_async(&mut con)).await?;
+        Ok(members
+            .iter()
+            .filter_map(|m| {
+                let parsed = m.split_once('|').and_then(|(user, socket)| {
+                    Some((UserId::parse(user).ok()?, parse_member(socket)?))
+                });
+                if parsed.is_none() {
+                    tracing::warn!(%channel, member = %m, "unreadable channel entry skipped");
                 }
                 parsed
             })

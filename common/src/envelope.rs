@@ -9,6 +9,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use crate::channel::Channel;
 use crate::frame::Feature;
 use crate::ids::{DomainName, MessageId, SocketAddress, SocketId, UserId};
 
@@ -57,6 +58,11 @@ pub enum Body {
     },
     GroupMessage {
         to: Vec<UserId>,
+        content: Box<RawValue>,
+    },
+    /// A post to a channel: written to every socket that is a member of it.
+    ChannelMessage {
+        channel: Channel,
         content: Box<RawValue>,
     },
     CloseConnection {
@@ -244,6 +250,10 @@ mod tests {
             },
             Body::GroupMessage {
                 to: vec![to.clone()],
+                content: content(),
+            },
+            Body::ChannelMessage {
+                channel: Channel::parse("ANZ/general").unwrap(),
                 content: content(),
             },
             Body::CloseConnection { user: to.clone() },

@@ -11,6 +11,7 @@ use std::collections::HashSet;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use crate::channel::{Channel, ChannelError, MAX_CHANNEL_LEN};
 use crate::ids::{IdError, MessageId, UserId};
 
 /// Every frame type of the protocol, with its wire name.
@@ -34,6 +35,13 @@ pub enum MessageType {
     Ack,
     MessageAccepted,
     ResumeComplete,
+    // Channels (additive).
+    Subscribe,
+    Subscribed,
+    Unsubscribe,
+    Unsubscribed,
+    ChannelMessage,
+    ChannelPresence,
     // Internal types of the original system: known, so a client sending one is told it is
     // forbidden rather than unknown.
     Any,
@@ -44,7 +52,7 @@ pub enum MessageType {
 }
 
 impl MessageType {
-    const ALL: [MessageType; 21] = [
+    const ALL: [MessageType; 27] = [
         MessageType::AuthClient,
         MessageType::AuthClientReply,
         MessageType::AuthRequired,
@@ -61,6 +69,12 @@ impl MessageType {
         MessageType::Ack,
         MessageType::MessageAccepted,
         MessageType::ResumeComplete,
+        MessageType::Subscribe,
+        MessageType::Subscribed,
+        MessageType::Unsubscribe,
+        MessageType::Unsubscribed,
+        MessageType::ChannelMessage,
+        MessageType::ChannelPresence,
         MessageType::Any,
         MessageType::GroupConnectorMessage,
         MessageType::MessageStateChanged,
@@ -87,6 +101,12 @@ impl MessageType {
             MessageType::Ack => "ACK",
             MessageType::MessageAccepted => "MESSAGE_ACCEPTED",
             MessageType::ResumeComplete => "RESUME_COMPLETE",
+            MessageType::Subscribe => "SUBSCRIBE",
+            MessageType::Subscribed => "SUBSCRIBED",
+            MessageType::Unsubscribe => "UNSUBSCRIBE",
+            MessageType::Unsubscribed => "UNSUBSCRIBED",
+            MessageType::ChannelMessage => "CHANNEL_MESSAGE",
+            MessageType::ChannelPresence => "CHANNEL_PRESENCE",
             MessageType::Any => "ANY",
             MessageType::GroupConnectorMessage => "GROUP_CONNECTOR_MESSAGE",
             MessageType::MessageStateChanged => "MESSAGE_STATE_CHANGED",
@@ -109,6 +129,10 @@ impl MessageType {
                 | MessageType::CloseConnection
                 | MessageType::FetchMissingMessagesRequest
                 | MessageType::Ack
+                | MessageType::Subscribe
+                | MessageType::Unsubscribe
+                | MessageType::ChannelMessage
+                | MessageType::ChannelPresence
         )
     }
 }
@@ -194,6 +218,8 @@ pub enum FrameError {
     ReservedId { field: &'static str, id: String },
     #[error("field `{field}`: `{id}` is not a user id of the form <app>-<number>")]
     InvalidUserId { field: &'static str, id: String },
+    #[error("field `channel`: `{name}` {why}")]
+    InvalidChannel { name: String, why: ChannelError },
     #[error("binary frames are not accepted; send JSON text frames")]
     Binary,
     #[error("frame of {size} bytes exceeds the limit of {limit} bytes")]
@@ -213,6 +239,7 @@ impl FrameError {
             FrameError::ForbiddenType(_) => "FORBIDDEN_TYPE",
             FrameError::ReservedId { .. } => "RESERVED_ID",
             FrameError::InvalidUserId { .. } => "INVALID_USER_ID",
+            FrameError::InvalidChannel { .. } => "INVALID_CHANNEL",
             FrameError::Binary => "BINARY_FRAME",
             FrameError::TooLarge { .. } => "FRAME_TOO_LARGE",
             FrameError::RateLimited(_) => "RATE_LIMITED",
@@ -226,6 +253,7 @@ impl FrameError {
             FrameError::InvalidField { field, .. }
             | FrameError::ReservedId { field, .. }
             | FrameError::InvalidUserId { field, .. } => Some(field),
+            FrameError::InvalidChannel { .. } => Some("channel"),
             _ => None,
         }
     }
@@ -269,6 +297,19 @@ pub enum ClientBody {
         up_to: Option<u64>,
         ids: Vec<MessageId>,
     },
+    Subscribe {
+        channel: Channel,
+    },
+    Unsubscribe {
+        channel: Channel,
+    },
+    ChannelMessage {
+        channel: Channel,
+        content: Box<RawValue>,
+    },
+    ChannelPresence {
+        channel: Channel,
+    },
 }
 
 impl ClientBody {
@@ -280,6 +321,10 @@ impl ClientBody {
             ClientBody::CloseConnection { .. } => MessageType::CloseConnection,
             ClientBody::FetchMissingMessages { .. } => MessageType::FetchMissingMessagesRequest,
             ClientBody::Ack { .. } => MessageType::Ack,
+            ClientBody::Subscribe { .. } => MessageType::Subscribe,
+            ClientBody::Unsubscribe { .. } => MessageType::Unsubscribe,
+            ClientBody::ChannelMessage { .. } => MessageType::ChannelMessage,
+            ClientBody::ChannelPresence { .. } => MessageType::ChannelPresence,
         }
     }
 }
@@ -395,6 +440,8 @@ struct RawData<'a> {
     up_to: Option<&'a RawValue>,
     #[serde(borrow, default)]
     ids: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    channel: Option<&'a RawValue>,
 }
 
 /// Why text that starts like an object did not read as a frame. Every key of `RawFrame` takes
@@ -497,6 +544,19 @@ fn parse_body(
             })
         }
         MessageType::Ack => ack_body(&data),
+        MessageType::Subscribe => Ok(ClientBody::Subscribe {
+            channel: channel(data.channel)?,
+        }),
+        MessageType::Unsubscribe => Ok(ClientBody::Unsubscribe {
+            channel: channel(data.channel)?,
+        }),
+        MessageType::ChannelMessage => Ok(ClientBody::ChannelMessage {
+            channel: channel(data.channel)?,
+            content: content(data.content)?,
+        }),
+        MessageType::ChannelPresence => Ok(ClientBody::ChannelPresence {
+            channel: channel(data.channel)?,
+        }),
         other => Err(FrameError::ForbiddenType(other)),
     }
 }
@@ -525,6 +585,14 @@ fn ack_body(data: &RawData<'_>) -> Result<ClientBody, FrameError> {
         return Err(FrameError::MissingField("upTo"));
     }
     Ok(ClientBody::Ack { up_to, ids })
+}
+
+fn channel(raw: Option<&RawValue>) -> Result<Channel, FrameError> {
+    let name: Cow<'_, str> = required(raw, "channel", "must be a channel name string")?;
+    Channel::parse(&name).map_err(|why| FrameError::InvalidChannel {
+        name: name.chars().take(MAX_CHANNEL_LEN).collect(),
+        why,
+    })
 }
 
 fn content(raw: Option<&RawValue>) -> Result<Box<RawValue>, FrameError> {
@@ -719,6 +787,72 @@ pub fn out_resume_complete(resent: u64) -> String {
 pub fn with_seq(frame: &str, seq: u64, id: MessageId) -> String {
     let body = frame.strip_suffix('}').unwrap_or(frame);
     format!("{body},\"seq\":{seq},\"id\":\"{id}\"}}")
+}
+
+#[derive(Serialize)]
+struct ChannelOnly<'a> {
+    channel: &'a str,
+}
+
+/// `SUBSCRIBED {channel}` or `UNSUBSCRIBED {channel}`, echoing the frame's reference.
+pub fn out_membership(joined: bool, channel: &Channel, reference: Option<&str>) -> String {
+    let kind = if joined {
+        MessageType::Subscribed
+    } else {
+        MessageType::Unsubscribed
+    };
+    write(
+        kind,
+        ChannelOnly {
+            channel: channel.as_str(),
+        },
+        reference,
+    )
+}
+
+/// `CHANNEL_MESSAGE {channel, from, content}` with the sender's reference at top level.
+pub fn out_channel_message(
+    channel: &Channel,
+    from: &UserId,
+    content: &RawValue,
+    reference: Option<&str>,
+) -> String {
+    #[derive(Serialize)]
+    struct Posted<'a> {
+        channel: &'a str,
+        from: &'a str,
+        content: &'a RawValue,
+    }
+    write(
+        MessageType::ChannelMessage,
+        Posted {
+            channel: channel.as_str(),
+            from: from.as_str(),
+            content,
+        },
+        reference,
+    )
+}
+
+/// `CHANNEL_PRESENCE {channel, members}`: the users with at least one socket in the channel.
+pub fn out_channel_presence(
+    channel: &Channel,
+    members: &[UserId],
+    reference: Option<&str>,
+) -> String {
+    #[derive(Serialize)]
+    struct Members<'a> {
+        channel: &'a str,
+        members: Vec<&'a str>,
+    }
+    write(
+        MessageType::ChannelPresence,
+        Members {
+            channel: channel.as_str(),
+            members: members.iter().map(UserId::as_str).collect(),
+        },
+        reference,
+    )
 }
 
 #[derive(Serialize)]
@@ -956,6 +1090,55 @@ mod tests {
             parse(auth).unwrap().body,
             ClientBody::AuthClient { ack: true, .. }
         ));
+    }
+
+    #[test]
+    fn channel_frames_parse_and_bad_ones_are_refused() {
+        let text = r#"{"type":"CHANNEL_MESSAGE","feature":"FAST","data":{"channel":"ANZ/general","content":{"t":1}}}"#;
+        match parse(text).unwrap().body {
+            ClientBody::ChannelMessage { channel, content } => {
+                assert_eq!(
+                    (channel.as_str(), content.get()),
+                    ("ANZ/general", r#"{"t":1}"#)
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let sub = r#"{"type":"SUBSCRIBE","data":{"channel":"ANZ/general"}}"#;
+        assert!(matches!(
+            parse(sub).unwrap().body,
+            ClientBody::Subscribe { .. }
+        ));
+        let long = format!(
+            r#"{{"type":"SUBSCRIBE","data":{{"channel":"ANZ/{}"}}}}"#,
+            "x".repeat(200)
+        );
+        for (text, reason) in [
+            (r#"{"type":"SUBSCRIBE","data":{}}"#, "MISSING_FIELD"),
+            (
+                r#"{"type":"SUBSCRIBE","data":{"channel":5}}"#,
+                "INVALID_FIELD",
+            ),
+            (
+                r#"{"type":"SUBSCRIBE","data":{"channel":"general"}}"#,
+                "INVALID_CHANNEL",
+            ),
+            (long.as_str(), "INVALID_CHANNEL"),
+            (
+                r#"{"type":"CHANNEL_MESSAGE","data":{"channel":"ANZ/g"}}"#,
+                "MISSING_FIELD",
+            ),
+            (
+                r#"{"type":"CHANNEL_PRESENCE","data":{"channel":"ANZ/a b"}}"#,
+                "INVALID_CHANNEL",
+            ),
+            (
+                r#"{"type":"SUBSCRIBED","data":{"channel":"ANZ/g"}}"#,
+                "FORBIDDEN_TYPE",
+            ),
+        ] {
+            assert_eq!(parse(text).expect_err(text).reason(), reason, "{text}");
+        }
     }
 
     #[test]

@@ -10,9 +10,11 @@
 //! - [`config`]: the network configuration (the seed's YAML format) and its validation.
 //! - [`network`]: user id -> home domain, and the domain graph.
 //! - [`link`]: the wire format of domain links.
+//! - [`channel`]: channel names (`<appName>/<name>`).
 //! - [`bus`], [`store`], [`presence`]: the three backend traits.
 
 pub mod bus;
+pub mod channel;
 pub mod config;
 pub mod envelope;
 pub mod frame;

@@ -1,6 +1,7 @@
 //! Presence: which sockets each user holds, the per-user lock that keeps two fetches apart,
 //! the marks that recognise a redelivered envelope, and the claims that recognise a retried
-//! message (same sender and reference) within a window.
+//! message (same sender and reference) within a window; and which sockets are members of
+//! each channel (a connector removes a socket's memberships when it closes).
 //!
 //! Connectors add, refresh and remove their own sockets; processors look users up. Where the
 //! engine is shared between processes, an entry not refreshed within the presence ttl expires,
@@ -11,6 +12,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use crate::channel::Channel;
 use crate::ids::{MessageId, SocketAddress, UserId};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -54,6 +56,28 @@ pub trait Presence: Send + Sync + 'static {
 
     /// Records that the envelope with this id was delivered or stored; kept for a bounded time.
     async fn mark_processed(&self, id: MessageId) -> Result<(), PresenceError>;
+
+    /// Makes `socket` of `user` a member of `channel` (again: no change).
+    async fn join(
+        &self,
+        channel: &Channel,
+        user: &UserId,
+        socket: &SocketAddress,
+    ) -> Result<(), PresenceError>;
+
+    /// Ends that membership (none: no change).
+    async fn leave(
+        &self,
+        channel: &Channel,
+        user: &UserId,
+        socket: &SocketAddress,
+    ) -> Result<(), PresenceError>;
+
+    /// Every member socket of `channel`, on any connector of the domain, with its user.
+    async fn members(
+        &self,
+        channel: &Channel,
+    ) -> Result<Vec<(UserId, SocketAddress)>, PresenceError>;
 
     /// `Ok` if the engine answers now (`/ready` asks). In-process presence always does.
     async fn ready(&self) -> Result<(), PresenceError> {

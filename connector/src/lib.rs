@@ -6,6 +6,7 @@
 //!
 //! Layout:
 //! - `acks`: an acking socket's record of numbered frames not yet acknowledged.
+//! - `channels`: SUBSCRIBE, UNSUBSCRIBE, CHANNEL_PRESENCE, and who may use a channel.
 //! - [`auth`]: the checks behind `AUTH_CLIENT`, and the HTTP auth callback.
 //! - `limits`: the frame-rate token bucket and connection admission.
 //! - [`session`]: one socket's life, from handshake to close.
@@ -15,6 +16,7 @@
 
 mod acks;
 pub mod auth;
+mod channels;
 mod limits;
 mod link;
 pub mod registry;

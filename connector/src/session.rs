@@ -31,17 +31,20 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, field, info, info_span, warn};
 
+use common::channel::Channel;
 use common::envelope::{Body, Envelope};
 use common::frame::{
     ClientBody, ClientFrame, FrameError, Rejected, out_auth_acked, out_auth_reply,
-    out_auth_required, out_auth_wrong_domain, out_general_error, out_invalid, out_invalid_reason,
-    parse_client_frame,
+    out_auth_required, out_auth_wrong_domain, out_channel_presence, out_general_error, out_invalid,
+    out_invalid_reason, out_membership, parse_client_frame,
 };
 use common::ids::{DomainName, MessageId, SocketAddress, SocketId, UserId};
+use common::presence::PresenceError;
 
 use crate::Shared;
 use crate::acks::Unacked;
 use crate::auth;
+use crate::channels::{self, Memberships};
 use crate::limits::{Admitted, TokenBucket};
 use crate::registry::{Outbound, SocketHandle, Ticket};
 
@@ -190,6 +193,7 @@ async fn session<S>(
         publishing: None,
         ack: false,
         unacked: Unacked::default(),
+        memberships: Memberships::default(),
     };
     let end = s.serve(&mut stream, &mut rx, deadline, &shutdown).await;
     if let Some(frame) = end {
@@ -225,6 +229,8 @@ struct Session<S> {
     ack: bool,
     /// Numbered frames written and not yet acknowledged.
     unacked: Unacked,
+    /// The channels this socket is a member of.
+    memberships: Memberships,
 }
 
 /// A publish in flight; resolves to the error frame to send the client, if any.
@@ -655,6 +661,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 }
                 Body::Ack { ids }
             }
+            ClientBody::ChannelMessage { channel, content } => {
+                if let Err((reason, detail)) = channels::may_use(&user, &channel) {
+                    return self.refuse(reason, &detail, reference).await;
+                }
+                Body::ChannelMessage { channel, content }
+            }
+            ClientBody::Subscribe { channel } => {
+                return self.subscribe(user, channel, reference).await;
+            }
+            ClientBody::Unsubscribe { channel } => {
+                return self.unsubscribe(user, channel, reference).await;
+            }
+            ClientBody::ChannelPresence { channel } => {
+                return self.channel_presence(user, channel, reference).await;
+            }
             ClientBody::AuthClient { .. } => return,
         };
         let envelope = Envelope {
@@ -670,6 +691,61 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             body,
         };
         self.start_publish(envelope, true);
+    }
+
+    async fn subscribe(&mut self, user: UserId, channel: Channel, reference: Option<String>) {
+        let presence = self.shared.presence.clone();
+        let joined = self
+            .memberships
+            .join(presence.as_ref(), &user, &self.address, &channel)
+            .await;
+        match joined {
+            Ok(Ok(())) => {
+                self.reply(out_membership(true, &channel, reference.as_deref()))
+                    .await
+            }
+            Ok(Err((reason, detail))) => self.refuse(reason, &detail, reference).await,
+            Err(e) => self.presence_failed(&e, reference).await,
+        }
+    }
+
+    async fn unsubscribe(&mut self, user: UserId, channel: Channel, reference: Option<String>) {
+        let presence = self.shared.presence.clone();
+        let left = self
+            .memberships
+            .leave(presence.as_ref(), &user, &self.address, &channel)
+            .await;
+        match left {
+            Ok(()) => {
+                self.reply(out_membership(false, &channel, reference.as_deref()))
+                    .await
+            }
+            Err(e) => self.presence_failed(&e, reference).await,
+        }
+    }
+
+    async fn channel_presence(
+        &mut self,
+        user: UserId,
+        channel: Channel,
+        reference: Option<String>,
+    ) {
+        if let Err((reason, detail)) = channels::may_use(&user, &channel) {
+            return self.refuse(reason, &detail, reference).await;
+        }
+        match channels::members(self.shared.presence.as_ref(), &channel).await {
+            Ok(members) => {
+                let frame = out_channel_presence(&channel, &members, reference.as_deref());
+                self.reply(frame).await
+            }
+            Err(e) => self.presence_failed(&e, reference).await,
+        }
+    }
+
+    async fn presence_failed(&mut self, e: &PresenceError, reference: Option<String>) {
+        warn!(error = %e, "channel frame not carried out");
+        let frame = out_general_error("PRESENCE_UNAVAILABLE", &e.to_string(), reference.as_deref());
+        self.reply(frame).await;
     }
 
     fn may_message(&self, from: &UserId, to: &UserId) -> Result<(), (&'static str, String)> {
@@ -707,6 +783,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         self.shared.registry.remove(self.address.socket);
         if let Err(e) = self.shared.presence.remove(&user, &self.address).await {
             warn!(error = %e, "presence not updated on close");
+        }
+        let presence = self.shared.presence.clone();
+        if let Err(e) = self
+            .memberships
+            .leave_all(presence.as_ref(), &user, &self.address)
+            .await
+        {
+            warn!(error = %e, "channel memberships not removed on close");
         }
         info!("disconnected");
         if let Some(envelope) = self.presence_envelope(user, Body::UserDisconnected)

@@ -6,6 +6,7 @@
 //! right reason. Two sets of limits: the defaults, and tiny ones so the limit paths are hit.
 #![no_main]
 
+use common::channel::Channel;
 use common::frame::{
     ClientBody, ClientFrame, Feature, ParseLimits, out_invalid, out_message, parse_client_frame,
 };
@@ -84,6 +85,15 @@ fn check_accepted(frame: &ClientFrame, limits: &ParseLimits) {
             assert!(up_to.is_some() || !ids.is_empty(), "an ACK acknowledges something");
             assert!(ids.len() <= 1000, "{} ids", ids.len());
         }
+        ClientBody::Subscribe { channel }
+        | ClientBody::Unsubscribe { channel }
+        | ClientBody::ChannelPresence { channel } => {
+            assert!(Channel::parse(channel.as_str()).is_ok(), "{channel:?}");
+        }
+        ClientBody::ChannelMessage { channel, content } => {
+            assert!(Channel::parse(channel.as_str()).is_ok(), "{channel:?}");
+            assert_ne!(content.get(), "null");
+        }
     }
 }
 
@@ -147,6 +157,13 @@ enum Data<'a> {
     FetchMissingMessages {
         count: u32,
     },
+    ChannelMessage {
+        channel: &'a str,
+        content: &'a RawValue,
+    },
+    Channel {
+        channel: &'a str,
+    },
 }
 
 fn to_wire(frame: &ClientFrame) -> String {
@@ -178,6 +195,15 @@ fn to_wire(frame: &ClientFrame) -> String {
             user_id: user_id.as_str(),
         },
         ClientBody::FetchMissingMessages { count } => Data::FetchMissingMessages { count: *count },
+        ClientBody::Subscribe { channel }
+        | ClientBody::Unsubscribe { channel }
+        | ClientBody::ChannelPresence { channel } => Data::Channel {
+            channel: channel.as_str(),
+        },
+        ClientBody::ChannelMessage { channel, content } => Data::ChannelMessage {
+            channel: channel.as_str(),
+            content,
+        },
     };
     let wire = Wire {
         kind: frame.body.message_type().wire_name(),

@@ -39,7 +39,7 @@ pub struct Meta {
 
 impl Meta {
     /// The confirmation to send once delivered, if the sender asked for one.
-    fn confirmation(&self) -> Option<Confirm> {
+    pub(crate) fn confirmation(&self) -> Option<Confirm> {
         match (&self.reference, self.confirm) {
             (Some(reference), true) if !reference.is_empty() => Some(Confirm {
                 to: self.from.clone(),

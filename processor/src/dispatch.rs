@@ -172,6 +172,15 @@ impl Processor {
                 self.accepted(envelope).await;
                 Ok(())
             }
+            Body::ChannelMessage { channel, content } => {
+                metrics::counter!("linker_processor_messages_total", "kind" => "channel")
+                    .increment(1);
+                if self.first_with_reference(envelope).await? {
+                    self.channel_message(meta, channel, content).await?;
+                }
+                self.accepted(envelope).await;
+                Ok(())
+            }
             Body::Ack { ids } => self.ack(&envelope.from, ids).await,
             Body::Resume => self.resume(meta.from, origin).await,
             Body::CloseConnection { user } => self.close(meta.from, user.clone()).await,

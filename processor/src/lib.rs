@@ -12,11 +12,13 @@
 //! - [`outbox`]: relays waiting for a path, kept in the store and sent when one is back.
 //! - [`deliver`]: writing a frame to a user's sockets, storing it when that fails,
 //!   confirmations, group fan-out.
+//! - [`channel`]: CHANNEL_MESSAGE to the member sockets of a channel.
 //! - [`fetch`]: FETCH_MISSING_MESSAGES_REQUEST under the per-user lock.
 //! - [`events`]: USER_CONNECTED/USER_DISCONNECTED for master users, CLOSE_CONNECTION.
 //! - [`resume`]: the acknowledged protocol: resume at login, ACK, MESSAGE_ACCEPTED and
 //!   retries recognised by reference.
 
+pub mod channel;
 pub mod deliver;
 pub mod dispatch;
 pub mod events;

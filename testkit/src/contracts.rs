@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use common::bus::{Bus, BusError};
+use common::channel::Channel;
 use common::envelope::{
     Body, Confirm, ConnectorCommand, DeliveryReport, Envelope, StoredMessage, Target,
 };
@@ -160,6 +161,38 @@ fn addr(connector: &str, socket: u64) -> SocketAddress {
     }
 }
 
+/// Channel members: each socket once, across connectors, gone when it leaves.
+async fn channel_membership(p: &dyn Presence, u: &UserId) -> anyhow::Result<()> {
+    let channel = Channel::parse(&format!("ANZ/contract-{}", u.as_str().replace('-', "_")))?;
+    let other = user(7);
+    ensure!(
+        p.members(&channel).await?.is_empty(),
+        "a new channel is empty"
+    );
+    p.join(&channel, u, &addr("connector-01", 1)).await?;
+    p.join(&channel, u, &addr("connector-01", 1)).await?;
+    p.join(&channel, &other, &addr("connector-02", 2)).await?;
+    let mut found = p.members(&channel).await?;
+    found.sort_by_key(|(_, a)| a.socket);
+    ensure!(
+        found
+            == vec![
+                (u.clone(), addr("connector-01", 1)),
+                (other.clone(), addr("connector-02", 2))
+            ],
+        "members on two connectors, each socket once: {found:?}"
+    );
+    p.leave(&channel, u, &addr("connector-01", 1)).await?;
+    p.leave(&channel, u, &addr("connector-01", 1)).await?;
+    ensure!(p.members(&channel).await? == vec![(other.clone(), addr("connector-02", 2))]);
+    p.leave(&channel, &other, &addr("connector-02", 2)).await?;
+    ensure!(
+        p.members(&channel).await?.is_empty(),
+        "the last member left"
+    );
+    Ok(())
+}
+
 /// Sockets per user, locks that exclude and expire, processed marks (if the engine keeps
 /// them: `keeps_marks` is false for the in-memory presence, whose bus never redelivers).
 pub async fn presence_contract(p: &dyn Presence, keeps_marks: bool) -> anyhow::Result<()> {
@@ -194,6 +227,8 @@ pub async fn presence_contract(p: &dyn Presence, keeps_marks: bool) -> anyhow::R
         .await
         .context("a lock expires after its ttl")?;
     p.unlock(&u, t3).await?;
+
+    channel_membership(p, &u).await?;
 
     let id = MessageId::new();
     ensure!(!p.is_processed(id).await?, "a new id is not processed");

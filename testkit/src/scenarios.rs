@@ -64,6 +64,9 @@ macro_rules! every_scenario {
     ack_needs_an_acking_socket,
     an_acking_fetch_keeps_messages_until_acknowledged,
     what_was_kept_comes_before_anything_new_on_an_acking_login,
+    channel_members_on_two_connectors_get_every_post,
+    leaving_or_closing_ends_channel_membership,
+    channels_of_another_app_and_bad_names_are_refused,
         );
     };
 }
@@ -921,5 +924,161 @@ pub async fn what_was_kept_comes_before_anything_new_on_an_acking_login(
         order == sorted,
         "kept first, then new, each in order: {order:?}"
     );
+    Ok(())
+}
+
+/// A channel of app ANZ no other test (nor an earlier run on the same engines) uses.
+fn unique_channel() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!(
+        "ANZ/room-{}-{nanos}",
+        unique_user().trim_start_matches("ANZ-")
+    )
+}
+
+async fn subscribe(c: &mut Client, channel: &str) -> anyhow::Result<()> {
+    c.send(&json!({"type":"SUBSCRIBE","reference":"s","data":{"channel":channel}}))
+        .await?;
+    let f = c.expect("SUBSCRIBED").await?;
+    ensure!(
+        f == json!({"type":"SUBSCRIBED","data":{"channel":channel},"reference":"s"}),
+        "{f}"
+    );
+    Ok(())
+}
+
+async fn channel_members(c: &mut Client, channel: &str) -> anyhow::Result<Value> {
+    c.send(&json!({"type":"CHANNEL_PRESENCE","data":{"channel":channel}}))
+        .await?;
+    let f = c.expect("CHANNEL_PRESENCE").await?;
+    ensure!(f["data"]["channel"] == json!(channel), "{f}");
+    Ok(f["data"]["members"].clone())
+}
+
+fn sorted(mut ids: Vec<String>) -> Vec<String> {
+    ids.sort();
+    ids
+}
+
+pub async fn channel_members_on_two_connectors_get_every_post(
+    d: &dyn Deployment,
+) -> anyhow::Result<()> {
+    let channel = unique_channel();
+    let (a_id, b_id) = (unique_user(), unique_user());
+    let mut a = Client::login(&d.ws_url(0), &a_id).await?;
+    let mut b = Client::login(&d.ws_url(1), &b_id).await?;
+    subscribe(&mut a, &channel).await?;
+    subscribe(&mut b, &channel).await?;
+    let members = channel_members(&mut a, &channel).await?;
+    ensure!(
+        members == json!(sorted(vec![a_id.clone(), b_id.clone()])),
+        "{members}"
+    );
+
+    let post = json!({"type":"CHANNEL_MESSAGE","reference":"r1","data":{"channel":channel,"content":{"text":"hi"}}});
+    a.send(&post).await?;
+    let expected = json!({"type":"CHANNEL_MESSAGE","data":{"channel":channel,"from":a_id,"content":{"text":"hi"}},"reference":"r1"});
+    let m = b.expect("CHANNEL_MESSAGE").await?;
+    ensure!(m == expected, "{m}");
+    // The sender gets its own post with its reference, and one confirmation.
+    let mine = [a.next().await?, a.next().await?];
+    ensure!(mine.contains(&expected), "{mine:?}");
+    ensure!(
+        mine.contains(&json!({"type":"MESSAGE_CONFIRMATION","data":{"reference":"r1"}})),
+        "{mine:?}"
+    );
+
+    b.send(&json!({"type":"CHANNEL_MESSAGE","feature":"FAST","data":{"channel":channel,"content":"fast"}}))
+        .await?;
+    for c in [&mut a, &mut b] {
+        let m = c.expect("CHANNEL_MESSAGE").await?;
+        ensure!(
+            m["data"]["from"] == json!(b_id) && m["data"]["content"] == "fast",
+            "{m}"
+        );
+    }
+    for c in [&mut a, &mut b] {
+        let later = c.sync().await?;
+        ensure!(later.is_empty(), "each post came once: {later:?}");
+    }
+    Ok(())
+}
+
+pub async fn leaving_or_closing_ends_channel_membership(d: &dyn Deployment) -> anyhow::Result<()> {
+    let channel = unique_channel();
+    let (a_id, b_id, c_id) = (unique_user(), unique_user(), unique_user());
+    let mut a = Client::login(&d.ws_url(0), &a_id).await?;
+    let mut b = Client::login(&d.ws_url(1), &b_id).await?;
+    let mut c = Client::login(&d.ws_url(1), &c_id).await?;
+    for client in [&mut a, &mut b, &mut c] {
+        subscribe(client, &channel).await?;
+    }
+    b.send(&json!({"type":"UNSUBSCRIBE","data":{"channel":channel}}))
+        .await?;
+    let f = b.expect("UNSUBSCRIBED").await?;
+    ensure!(f["data"]["channel"] == json!(channel), "{f}");
+    c.close().await;
+    // The close is carried out after the socket ends: poll, bounded.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let members = channel_members(&mut a, &channel).await?;
+        if members == json!([a_id]) {
+            break;
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "members still {members} after leave and close"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    a.send(&json!({"type":"CHANNEL_MESSAGE","feature":"FAST","data":{"channel":channel,"content":"after"}}))
+        .await?;
+    a.expect("CHANNEL_MESSAGE").await?;
+    let later = b.sync().await?;
+    ensure!(later.is_empty(), "a socket that left still got: {later:?}");
+    Ok(())
+}
+
+pub async fn channels_of_another_app_and_bad_names_are_refused(
+    d: &dyn Deployment,
+) -> anyhow::Result<()> {
+    let channel = unique_channel();
+    let anz_id = unique_user();
+    let mut anz = Client::login(&d.ws_url(0), &anz_id).await?;
+    subscribe(&mut anz, &channel).await?;
+    let mut bnz = Client::login_app(&d.ws_url(1), "BNZ-453432", "bnz-344").await?;
+    for frame in [
+        json!({"type":"SUBSCRIBE","reference":"x","data":{"channel":channel}}),
+        json!({"type":"CHANNEL_MESSAGE","reference":"x","data":{"channel":channel,"content":"hi"}}),
+        json!({"type":"CHANNEL_PRESENCE","reference":"x","data":{"channel":channel}}),
+    ] {
+        bnz.send(&frame).await?;
+        let f = bnz.expect("INVALID_MESSAGE").await?;
+        ensure!(
+            f["data"]["reason"] == "CHANNEL_OF_OTHER_APP" && f["reference"] == "x",
+            "{frame} -> {f}"
+        );
+    }
+    for name in [
+        json!("general"),
+        json!("ANZ/"),
+        json!("ANZ/a b"),
+        json!(format!("ANZ/{}", "x".repeat(200))),
+    ] {
+        anz.send(&json!({"type":"SUBSCRIBE","data":{"channel":name}}))
+            .await?;
+        let f = anz.expect("INVALID_MESSAGE").await?;
+        ensure!(
+            f["data"]["reason"] == "INVALID_CHANNEL" && f["data"]["field"] == "channel",
+            "{name} -> {f}"
+        );
+    }
+    let later = anz.sync().await?;
+    ensure!(later.is_empty(), "the ANZ member saw: {later:?}");
+    let members = channel_members(&mut anz, &channel).await?;
+    ensure!(members == json!([anz_id]), "{members}");
     Ok(())
 }
