@@ -1037,6 +1037,14 @@ pub async fn leaving_or_closing_ends_channel_membership(d: &dyn Deployment) -> a
     a.send(&json!({"type":"CHANNEL_MESSAGE","feature":"FAST","data":{"channel":channel,"content":"after"}}))
         .await?;
     a.expect("CHANNEL_MESSAGE").await?;
+    // An open channel takes posts from users of its app who are not members.
+    b.send(&json!({"type":"CHANNEL_MESSAGE","feature":"FAST","data":{"channel":channel,"content":"outside"}}))
+        .await?;
+    let m = a.expect("CHANNEL_MESSAGE").await?;
+    ensure!(
+        m["data"]["from"] == json!(b_id) && m["data"]["content"] == "outside",
+        "{m}"
+    );
     let later = b.sync().await?;
     ensure!(later.is_empty(), "a socket that left still got: {later:?}");
     Ok(())
