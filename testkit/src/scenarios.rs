@@ -970,6 +970,8 @@ pub async fn channel_members_on_two_connectors_get_every_post(
     let (a_id, b_id) = (unique_user(), unique_user());
     let mut a = Client::login(&d.ws_url(0), &a_id).await?;
     let mut b = Client::login(&d.ws_url(1), &b_id).await?;
+    // Membership belongs to a socket: a's second socket does not join.
+    let mut a2 = Client::login(&d.ws_url(1), &a_id).await?;
     subscribe(&mut a, &channel).await?;
     subscribe(&mut b, &channel).await?;
     let members = channel_members(&mut a, &channel).await?;
@@ -1004,6 +1006,12 @@ pub async fn channel_members_on_two_connectors_get_every_post(
         let later = c.sync().await?;
         ensure!(later.is_empty(), "each post came once: {later:?}");
     }
+    // The confirmation goes to every socket of the sender, as for MESSAGE; posts do not.
+    let later = a2.sync().await?;
+    ensure!(
+        types(&later) == ["MESSAGE_CONFIRMATION"],
+        "a socket that did not join got: {later:?}"
+    );
     Ok(())
 }
 
