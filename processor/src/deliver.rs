@@ -50,6 +50,17 @@ impl Meta {
     }
 }
 
+/// What keeping a message did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Keep {
+    /// Kept under this number.
+    Kept(u64),
+    /// Its user acknowledged it meanwhile: not kept.
+    Acked,
+    /// The user has the most messages kept already: refused.
+    Full,
+}
+
 fn count_fast_drop(reason: &'static str) {
     metrics::counter!("linker_fast_dropped_total", "reason" => reason).increment(1);
 }
@@ -120,7 +131,7 @@ impl Processor {
         let mut kept = false;
         if !acking.is_empty()
             && !self.was_acked(&message.to, message.id).await?
-            && let Some(seq) = self.keep(&message).await?
+            && let Keep::Kept(seq) = self.keep(&message).await?
         {
             kept = true;
             written |= self
@@ -146,10 +157,11 @@ impl Processor {
                     return Ok(()); // a redelivery of a message its user acknowledged
                 }
                 debug!(user = %message.to, id = %message.id, "stored for fetch");
-                if self.keep(&message).await?.is_none() {
-                    return Err(ProcessError::InboxFull(message.to.to_string()));
+                match self.keep(&message).await? {
+                    Keep::Full => return Err(ProcessError::InboxFull(message.to.to_string())),
+                    Keep::Acked => return Ok(()),
+                    Keep::Kept(_) => metrics::counter!("linker_stored_total").increment(1),
                 }
-                metrics::counter!("linker_stored_total").increment(1);
             }
             Feature::Fast => {
                 debug!(user = %message.to, "FAST message dropped: user offline");
@@ -161,17 +173,28 @@ impl Processor {
 
     /// Keeps `message` in the store under the user's bound; its number, or `None` if the user
     /// has the most messages kept already (counted).
-    pub(crate) async fn keep(&self, message: &StoredMessage) -> Result<Option<u64>, ProcessError> {
+    ///
+    /// An ACK of the same message may be handled by another processor at the same moment (a
+    /// redelivery racing the acknowledgement of the first copy): the ACK marks before it
+    /// removes, so a copy kept after that removal finds the mark here and is taken out again.
+    pub(crate) async fn keep(&self, message: &StoredMessage) -> Result<Keep, ProcessError> {
         match self
             .store
             .persist(message, self.config.max_kept_per_user)
             .await?
         {
-            Persisted::Kept(seq) => Ok(Some(seq)),
+            Persisted::Kept(seq) => {
+                if self.was_acked(&message.to, message.id).await? {
+                    self.store.remove(&message.to, message.id).await?;
+                    debug!(user = %message.to, id = %message.id, "acknowledged meanwhile; not kept");
+                    return Ok(Keep::Acked);
+                }
+                Ok(Keep::Kept(seq))
+            }
             Persisted::Full => {
                 tracing::warn!(user = %message.to, id = %message.id, "inbox full; message refused");
                 metrics::counter!("linker_inbox_full_total").increment(1);
-                Ok(None)
+                Ok(Keep::Full)
             }
         }
     }
@@ -230,7 +253,7 @@ impl Processor {
             }
             Err(ProcessError::Presence(e)) => {
                 warn!(user = %stored.to, id = %of, error = %e, "confirmation stored for fetch: presence unavailable");
-                if self.keep(&stored).await?.is_some() {
+                if matches!(self.keep(&stored).await?, Keep::Kept(_)) {
                     metrics::counter!("linker_stored_total").increment(1);
                 }
                 Ok(())
@@ -431,11 +454,12 @@ impl Processor {
             };
             if !mine.is_empty() && !self.was_acked(user, id).await? {
                 match self.keep(&message).await? {
-                    Some(seq) => {
+                    Keep::Kept(seq) => {
                         self.write_numbered(mine, frame, id, seq).await;
                         continue; // kept: written now, or sent by a fetch or resume
                     }
-                    None => {
+                    Keep::Acked => continue,
+                    Keep::Full => {
                         full.push(user.to_string());
                         continue;
                     }
@@ -449,11 +473,11 @@ impl Processor {
                     if self.was_acked(user, id).await? {
                         continue; // a redelivery this member acknowledged already
                     }
-                    if self.keep(&message).await?.is_none() {
-                        full.push(user.to_string());
-                        continue;
+                    match self.keep(&message).await? {
+                        Keep::Kept(_) => metrics::counter!("linker_stored_total").increment(1),
+                        Keep::Acked => {}
+                        Keep::Full => full.push(user.to_string()),
                     }
-                    metrics::counter!("linker_stored_total").increment(1);
                 }
                 Feature::Fast => count_fast_drop("offline"),
             }
