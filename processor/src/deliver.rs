@@ -253,8 +253,18 @@ impl Processor {
             }
             Err(ProcessError::Presence(e)) => {
                 warn!(user = %stored.to, id = %of, error = %e, "confirmation stored for fetch: presence unavailable");
-                if matches!(self.keep(&stored).await?, Keep::Kept(_)) {
-                    metrics::counter!("linker_stored_total").increment(1);
+                // Not `keep`: its acknowledged check asks presence too, and an error here
+                // would deliver `of` again. At worst an acknowledged confirmation is fetched
+                // once more, which is harmless; a message delivered twice is not.
+                match self
+                    .store
+                    .persist(&stored, self.config.max_kept_per_user)
+                    .await?
+                {
+                    Persisted::Kept(_) => metrics::counter!("linker_stored_total").increment(1),
+                    Persisted::Full => {
+                        debug!(user = %stored.to, "confirmation dropped: the sender's inbox is full")
+                    }
                 }
                 Ok(())
             }
