@@ -30,6 +30,8 @@ pub struct MemoryPresence {
     sockets: DashMap<UserId, Vec<SocketAddress>>,
     /// Member sockets of each channel; a channel without members is removed.
     channels: DashMap<Channel, Vec<(UserId, SocketAddress)>>,
+    /// The users chosen for each managed channel; a channel with none is removed.
+    granted: DashMap<Channel, std::collections::HashSet<UserId>>,
     claims: DashMap<String, (MessageId, Instant)>,
     /// Size at which expired claims are swept next.
     sweep_at: std::sync::atomic::AtomicUsize,
@@ -129,6 +131,40 @@ impl Presence for MemoryPresence {
             .get(channel)
             .map(|m| m.clone())
             .unwrap_or_default())
+    }
+
+    async fn grant(
+        &self,
+        channel: &Channel,
+        user: &UserId,
+        max: usize,
+    ) -> Result<bool, PresenceError> {
+        let mut users = self.granted.entry(channel.clone()).or_default();
+        if users.contains(user) {
+            return Ok(true);
+        }
+        if users.len() >= max {
+            return Ok(false);
+        }
+        users.insert(user.clone());
+        Ok(true)
+    }
+
+    async fn revoke(&self, channel: &Channel, user: &UserId) -> Result<(), PresenceError> {
+        if let Entry::Occupied(mut e) = self.granted.entry(channel.clone()) {
+            e.get_mut().remove(user);
+            if e.get().is_empty() {
+                e.remove();
+            }
+        }
+        Ok(())
+    }
+
+    async fn is_granted(&self, channel: &Channel, user: &UserId) -> Result<bool, PresenceError> {
+        Ok(self
+            .granted
+            .get(channel)
+            .is_some_and(|users| users.contains(user)))
     }
 
     async fn lock(

@@ -2,7 +2,8 @@
 //! `linker:<namespace>:` — `presence:<user>` (sorted set of `<connector>/<socket>`, score =
 //! expiry in ms), `lock:<user>` (token, `SET NX PX`), `done:<message id>` (processed mark, 24 h),
 //! `claim:<key>` (the message id holding a sender's reference, `SET NX PX` for the window),
-//! `channel:<channel>` (set of `<user>|<connector>/<socket>`, the channel's member sockets).
+//! `channel:<channel>` (set of `<user>|<connector>/<socket>`, the channel's member sockets),
+//! `granted:<channel>` (set of user ids chosen for a managed channel; no expiry).
 //! Expiry is reckoned by scripts on the Redis server's clock, never a host's, so skewed clocks
 //! cannot age sockets early. Every command is bounded by a timeout; the manager reconnects.
 
@@ -67,6 +68,19 @@ end
 return redis.call('GET', KEYS[1])
 ";
 
+/// Adds `ARGV[1]` to the set `KEYS[1]` unless it holds `ARGV[2]` members already: 1 if the
+/// user is in the set afterwards, 0 if it was full.
+const GRANT_SCRIPT: &str = r"
+if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then
+  return 1
+end
+if redis.call('SCARD', KEYS[1]) >= tonumber(ARGV[2]) then
+  return 0
+end
+redis.call('SADD', KEYS[1], ARGV[1])
+return 1
+";
+
 pub struct RedisPresence {
     con: ConnectionManager,
     prefix: String,
@@ -76,6 +90,7 @@ pub struct RedisPresence {
     lookup: Script,
     unlock: Script,
     claim: Script,
+    grant: Script,
     tokens: RandomState,
     next_token: AtomicU64,
 }
@@ -112,6 +127,7 @@ impl RedisPresence {
             lookup: Script::new(LOOKUP_SCRIPT),
             unlock: Script::new(UNLOCK_SCRIPT),
             claim: Script::new(CLAIM_SCRIPT),
+            grant: Script::new(GRANT_SCRIPT),
             tokens: RandomState::new(),
             next_token: AtomicU64::new(0),
         };
@@ -138,6 +154,10 @@ impl RedisPresence {
 
     fn channel_key(&self, channel: &Channel) -> String {
         format!("{}channel:{channel}", self.prefix)
+    }
+
+    fn granted_key(&self, channel: &Channel) -> String {
+        format!("{}granted:{channel}", self.prefix)
     }
 
     /// SADD or SREM of one channel membership.
@@ -285,6 +305,41 @@ impl Presence for RedisPresence {
                 parsed
             })
             .collect())
+    }
+
+    async fn grant(
+        &self,
+        channel: &Channel,
+        user: &UserId,
+        max: usize,
+    ) -> Result<bool, PresenceError> {
+        let mut con = self.con.clone();
+        let mut call = self.grant.prepare_invoke();
+        call.key(self.granted_key(channel))
+            .arg(user.as_str())
+            .arg(max as u64);
+        let answer: u64 = self.bounded(call.invoke_async(&mut con)).await?;
+        Ok(answer == 1)
+    }
+
+    async fn revoke(&self, channel: &Channel, user: &UserId) -> Result<(), PresenceError> {
+        let mut con = self.con.clone();
+        let cmd = redis::cmd("SREM")
+            .arg(self.granted_key(channel))
+            .arg(user.as_str())
+            .clone();
+        self.bounded(cmd.query_async::<u64>(&mut con))
+            .await
+            .map(drop)
+    }
+
+    async fn is_granted(&self, channel: &Channel, user: &UserId) -> Result<bool, PresenceError> {
+        let mut con = self.con.clone();
+        let cmd = redis::cmd("SISMEMBER")
+            .arg(self.granted_key(channel))
+            .arg(user.as_str())
+            .clone();
+        self.bounded(cmd.query_async::<bool>(&mut con)).await
     }
 
     async fn lock(

@@ -62,6 +62,29 @@ pub struct ClientApp {
     pub auth_cache_seconds: u64,
     #[serde(default)]
     pub user_distributions: Vec<UserDistribution>,
+    /// Who may create, join and post to the app's channels.
+    #[serde(default)]
+    pub channels: ChannelRules,
+}
+
+/// The channel rules of one client app (`channels:` in its entry).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChannelRules {
+    #[serde(default)]
+    pub policy: ChannelPolicy,
+}
+
+/// `open`: any user of the app may join, post to and list any channel of the app (a channel
+/// exists while it has members). `managed` (the default): only the users the app's master
+/// user added with `CHANNEL_ADD`, and the master user itself. The default is `managed` so that
+/// a config written before channels existed gives its users no new way to reach each other.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChannelPolicy {
+    Open,
+    #[default]
+    Managed,
 }
 
 /// Users of numbers `from..=to` live on `domain_name`; an absent `to` is open-ended.
@@ -134,7 +157,8 @@ impl NetworkConfig {
         Ok(config)
     }
 
-    /// The built-in config of `linker domain`: one domain, the seed's `ANZ` app, auth off.
+    /// The built-in config of `linker domain`: one domain, the seed's `ANZ` app, auth off,
+    /// open channels.
     pub fn single_domain(domain: &str) -> NetworkConfig {
         NetworkConfig {
             domains: vec![DomainConfig {
@@ -150,6 +174,10 @@ impl NetworkConfig {
                 auth_enabled: false,
                 auth_cache_seconds: 0,
                 user_distributions: vec![],
+                // Open, so a newcomer can try channels at once.
+                channels: ChannelRules {
+                    policy: ChannelPolicy::Open,
+                },
             }],
             user_distributions: vec![],
         }
@@ -441,6 +469,26 @@ userDistributions:
         );
         assert_eq!(c.url("domain-03", "ws://"), Some("ws://192.168.56.3:8088"));
         assert_eq!(c.user_distributions[3].to, None);
+    }
+
+    #[test]
+    fn channel_policy_is_managed_unless_an_app_opens_it() {
+        let c = NetworkConfig::from_yaml(SEED).unwrap();
+        assert_eq!(c.client_apps[4].channels.policy, ChannelPolicy::Managed);
+        let open = SEED.replace(
+            "authUrl: http://localhost:4200/auth",
+            "authUrl: http://localhost:4200/auth\n    channels: {policy: open}",
+        );
+        let c = NetworkConfig::from_yaml(&open).unwrap();
+        assert_eq!(c.client_apps[4].channels.policy, ChannelPolicy::Open);
+        let bad = SEED.replace(
+            "authUrl: http://localhost:4200/auth",
+            "authUrl: http://localhost:4200/auth\n    channels: {policy: closed}",
+        );
+        let err = NetworkConfig::from_yaml(&bad).unwrap_err().to_string();
+        assert!(err.contains("closed"), "{err}");
+        let built_in = NetworkConfig::single_domain("domain-01");
+        assert_eq!(built_in.client_apps[0].channels.policy, ChannelPolicy::Open);
     }
 
     #[test]

@@ -42,6 +42,10 @@ pub enum MessageType {
     Unsubscribed,
     ChannelMessage,
     ChannelPresence,
+    ChannelAdd,
+    ChannelAdded,
+    ChannelRemove,
+    ChannelRemoved,
     // Internal types of the original system: known, so a client sending one is told it is
     // forbidden rather than unknown.
     Any,
@@ -52,7 +56,7 @@ pub enum MessageType {
 }
 
 impl MessageType {
-    const ALL: [MessageType; 27] = [
+    const ALL: [MessageType; 31] = [
         MessageType::AuthClient,
         MessageType::AuthClientReply,
         MessageType::AuthRequired,
@@ -75,6 +79,10 @@ impl MessageType {
         MessageType::Unsubscribed,
         MessageType::ChannelMessage,
         MessageType::ChannelPresence,
+        MessageType::ChannelAdd,
+        MessageType::ChannelAdded,
+        MessageType::ChannelRemove,
+        MessageType::ChannelRemoved,
         MessageType::Any,
         MessageType::GroupConnectorMessage,
         MessageType::MessageStateChanged,
@@ -107,6 +115,10 @@ impl MessageType {
             MessageType::Unsubscribed => "UNSUBSCRIBED",
             MessageType::ChannelMessage => "CHANNEL_MESSAGE",
             MessageType::ChannelPresence => "CHANNEL_PRESENCE",
+            MessageType::ChannelAdd => "CHANNEL_ADD",
+            MessageType::ChannelAdded => "CHANNEL_ADDED",
+            MessageType::ChannelRemove => "CHANNEL_REMOVE",
+            MessageType::ChannelRemoved => "CHANNEL_REMOVED",
             MessageType::Any => "ANY",
             MessageType::GroupConnectorMessage => "GROUP_CONNECTOR_MESSAGE",
             MessageType::MessageStateChanged => "MESSAGE_STATE_CHANGED",
@@ -133,6 +145,8 @@ impl MessageType {
                 | MessageType::Unsubscribe
                 | MessageType::ChannelMessage
                 | MessageType::ChannelPresence
+                | MessageType::ChannelAdd
+                | MessageType::ChannelRemove
         )
     }
 }
@@ -310,6 +324,13 @@ pub enum ClientBody {
     ChannelPresence {
         channel: Channel,
     },
+    /// A master user chooses `user_id` as a member of a managed channel (`CHANNEL_ADD`), or
+    /// takes them off (`CHANNEL_REMOVE`, `added: false`).
+    ChannelMember {
+        added: bool,
+        channel: Channel,
+        user_id: UserId,
+    },
 }
 
 impl ClientBody {
@@ -325,6 +346,8 @@ impl ClientBody {
             ClientBody::Unsubscribe { .. } => MessageType::Unsubscribe,
             ClientBody::ChannelMessage { .. } => MessageType::ChannelMessage,
             ClientBody::ChannelPresence { .. } => MessageType::ChannelPresence,
+            ClientBody::ChannelMember { added: true, .. } => MessageType::ChannelAdd,
+            ClientBody::ChannelMember { added: false, .. } => MessageType::ChannelRemove,
         }
     }
 }
@@ -556,6 +579,14 @@ fn parse_body(
         }),
         MessageType::ChannelPresence => Ok(ClientBody::ChannelPresence {
             channel: channel(data.channel)?,
+        }),
+        MessageType::ChannelAdd | MessageType::ChannelRemove => Ok(ClientBody::ChannelMember {
+            added: message_type == MessageType::ChannelAdd,
+            channel: channel(data.channel)?,
+            user_id: user_id(
+                &required::<Cow<'_, str>>(data.user_id, "userId", "must be a user id string")?,
+                "userId",
+            )?,
         }),
         other => Err(FrameError::ForbiddenType(other)),
     }
@@ -808,6 +839,32 @@ pub fn out_membership(joined: bool, channel: &Channel, reference: Option<&str>) 
         },
         reference,
     )
+}
+
+/// `CHANNEL_ADDED {channel, userId}` or `CHANNEL_REMOVED {channel, userId}`, to the master
+/// user, echoing the frame's reference.
+pub fn out_channel_member(
+    added: bool,
+    channel: &Channel,
+    user: &UserId,
+    reference: Option<&str>,
+) -> String {
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Member<'a> {
+        channel: &'a str,
+        user_id: &'a str,
+    }
+    let kind = if added {
+        MessageType::ChannelAdded
+    } else {
+        MessageType::ChannelRemoved
+    };
+    let member = Member {
+        channel: channel.as_str(),
+        user_id: user.as_str(),
+    };
+    write(kind, member, reference)
 }
 
 /// `CHANNEL_MESSAGE {channel, from, content}` with the sender's reference at top level.
@@ -1090,6 +1147,57 @@ mod tests {
             parse(auth).unwrap().body,
             ClientBody::AuthClient { ack: true, .. }
         ));
+    }
+
+    #[test]
+    fn channel_member_frames_parse_and_bad_ones_are_refused() {
+        let add = r#"{"type":"CHANNEL_ADD","data":{"channel":"ANZ/g","userId":"ANZ-7"}}"#;
+        match parse(add).unwrap().body {
+            ClientBody::ChannelMember {
+                added,
+                channel,
+                user_id,
+            } => assert_eq!(
+                (added, channel.as_str(), user_id.as_str()),
+                (true, "ANZ/g", "ANZ-7")
+            ),
+            other => panic!("{other:?}"),
+        }
+        let remove = r#"{"type":"CHANNEL_REMOVE","data":{"channel":"ANZ/g","userId":"ANZ-7"}}"#;
+        assert!(matches!(
+            parse(remove).unwrap().body,
+            ClientBody::ChannelMember { added: false, .. }
+        ));
+        for (text, reason) in [
+            (
+                r#"{"type":"CHANNEL_ADD","data":{"channel":"ANZ/g"}}"#,
+                "MISSING_FIELD",
+            ),
+            (
+                r#"{"type":"CHANNEL_ADD","data":{"channel":"ANZ/g","userId":"x"}}"#,
+                "INVALID_USER_ID",
+            ),
+            (
+                r#"{"type":"CHANNEL_REMOVE","data":{"channel":"g","userId":"ANZ-7"}}"#,
+                "INVALID_CHANNEL",
+            ),
+            (
+                r#"{"type":"CHANNEL_ADDED","data":{"channel":"ANZ/g","userId":"ANZ-7"}}"#,
+                "FORBIDDEN_TYPE",
+            ),
+        ] {
+            assert_eq!(parse(text).expect_err(text).reason(), reason, "{text}");
+        }
+        let out = out_channel_member(
+            true,
+            &Channel::parse("ANZ/g").unwrap(),
+            &UserId::parse("ANZ-7").unwrap(),
+            Some("r"),
+        );
+        assert_eq!(
+            out,
+            r#"{"type":"CHANNEL_ADDED","data":{"channel":"ANZ/g","userId":"ANZ-7"},"reference":"r"}"#
+        );
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Presence: which sockets each user holds, the per-user lock that keeps two fetches apart,
 //! the marks that recognise a redelivered envelope, and the claims that recognise a retried
 //! message (same sender and reference) within a window; and which sockets are members of
-//! each channel (a connector removes a socket's memberships when it closes).
+//! each channel (a connector removes a socket's memberships when it closes), and the users
+//! the master user chose for each managed channel (kept until removed).
 //!
 //! Connectors add, refresh and remove their own sockets; processors look users up. Where the
 //! engine is shared between processes, an entry not refreshed within the presence ttl expires,
@@ -78,6 +79,22 @@ pub trait Presence: Send + Sync + 'static {
         &self,
         channel: &Channel,
     ) -> Result<Vec<(UserId, SocketAddress)>, PresenceError>;
+
+    /// Adds `user` to the users chosen for the managed `channel` (again: no change), unless
+    /// `max` are chosen already: then answers `false` and changes nothing.
+    async fn grant(
+        &self,
+        channel: &Channel,
+        user: &UserId,
+        max: usize,
+    ) -> Result<bool, PresenceError>;
+
+    /// Takes `user` off the users chosen for `channel` (not chosen: no change). Their member
+    /// sockets stay members until the caller removes them with `leave`.
+    async fn revoke(&self, channel: &Channel, user: &UserId) -> Result<(), PresenceError>;
+
+    /// True if `user` is among the users chosen for `channel`.
+    async fn is_granted(&self, channel: &Channel, user: &UserId) -> Result<bool, PresenceError>;
 
     /// `Ok` if the engine answers now (`/ready` asks). In-process presence always does.
     async fn ready(&self) -> Result<(), PresenceError> {

@@ -35,8 +35,8 @@ use common::channel::Channel;
 use common::envelope::{Body, Envelope};
 use common::frame::{
     ClientBody, ClientFrame, FrameError, Rejected, out_auth_acked, out_auth_reply,
-    out_auth_required, out_auth_wrong_domain, out_channel_presence, out_general_error, out_invalid,
-    out_invalid_reason, out_membership, parse_client_frame,
+    out_auth_required, out_auth_wrong_domain, out_channel_member, out_channel_presence,
+    out_general_error, out_invalid, out_invalid_reason, out_membership, parse_client_frame,
 };
 use common::ids::{DomainName, MessageId, SocketAddress, SocketId, UserId};
 use common::presence::PresenceError;
@@ -662,8 +662,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 Body::Ack { ids }
             }
             ClientBody::ChannelMessage { channel, content } => {
-                if let Err((reason, detail)) = channels::may_use(&user, &channel) {
-                    return self.refuse(reason, &detail, reference).await;
+                let network = self.shared.network.current();
+                let presence = self.shared.presence.clone();
+                match channels::may_use(&network, presence.as_ref(), &user, &channel).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err((reason, detail))) => {
+                        return self.refuse(reason, &detail, reference).await;
+                    }
+                    Err(e) => return self.presence_failed(&e, reference).await,
                 }
                 Body::ChannelMessage { channel, content }
             }
@@ -675,6 +681,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
             ClientBody::ChannelPresence { channel } => {
                 return self.channel_presence(user, channel, reference).await;
+            }
+            ClientBody::ChannelMember {
+                added,
+                channel,
+                user_id,
+            } => {
+                return self
+                    .choose_member(user, added, channel, user_id, reference)
+                    .await;
             }
             ClientBody::AuthClient { .. } => return,
         };
@@ -695,9 +710,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 
     async fn subscribe(&mut self, user: UserId, channel: Channel, reference: Option<String>) {
         let presence = self.shared.presence.clone();
+        let network = self.shared.network.current();
         let joined = self
             .memberships
-            .join(presence.as_ref(), &user, &self.address, &channel)
+            .join(&network, presence.as_ref(), &user, &self.address, &channel)
             .await;
         match joined {
             Ok(Ok(())) => {
@@ -730,14 +746,42 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         channel: Channel,
         reference: Option<String>,
     ) {
-        if let Err((reason, detail)) = channels::may_use(&user, &channel) {
-            return self.refuse(reason, &detail, reference).await;
+        let network = self.shared.network.current();
+        let presence = self.shared.presence.clone();
+        match channels::may_use(&network, presence.as_ref(), &user, &channel).await {
+            Ok(Ok(())) => {}
+            Ok(Err((reason, detail))) => return self.refuse(reason, &detail, reference).await,
+            Err(e) => return self.presence_failed(&e, reference).await,
         }
-        match channels::members(self.shared.presence.as_ref(), &channel).await {
+        match channels::members(presence.as_ref(), &channel).await {
             Ok(members) => {
                 let frame = out_channel_presence(&channel, &members, reference.as_deref());
                 self.reply(frame).await
             }
+            Err(e) => self.presence_failed(&e, reference).await,
+        }
+    }
+
+    /// CHANNEL_ADD or CHANNEL_REMOVE from `master`.
+    async fn choose_member(
+        &mut self,
+        master: UserId,
+        added: bool,
+        channel: Channel,
+        user: UserId,
+        reference: Option<String>,
+    ) {
+        let network = self.shared.network.current();
+        let presence = self.shared.presence.clone();
+        let chosen =
+            channels::choose_member(&network, presence.as_ref(), &master, added, &channel, &user)
+                .await;
+        match chosen {
+            Ok(Ok(())) => {
+                let frame = out_channel_member(added, &channel, &user, reference.as_deref());
+                self.reply(frame).await
+            }
+            Ok(Err((reason, detail))) => self.refuse(reason, &detail, reference).await,
             Err(e) => self.presence_failed(&e, reference).await,
         }
     }

@@ -193,6 +193,46 @@ async fn channel_membership(p: &dyn Presence, u: &UserId) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// The users chosen for a managed channel: granted once, bounded, revoked, per channel.
+async fn channel_grants(p: &dyn Presence, u: &UserId) -> anyhow::Result<()> {
+    let name = u.as_str().replace('-', "_");
+    let channel = Channel::parse(&format!("ANZ/managed-{name}"))?;
+    let other_channel = Channel::parse(&format!("ANZ/managed2-{name}"))?;
+    let other = user(8);
+    ensure!(
+        !p.is_granted(&channel, u).await?,
+        "nobody is chosen at first"
+    );
+    ensure!(p.grant(&channel, u, 1).await?, "a first grant");
+    ensure!(
+        p.grant(&channel, u, 1).await?,
+        "granted again at the bound: no change"
+    );
+    ensure!(
+        !p.grant(&channel, &other, 1).await?,
+        "a grant past the bound is refused"
+    );
+    ensure!(p.is_granted(&channel, u).await?);
+    ensure!(
+        !p.is_granted(&channel, &other).await?,
+        "the refused grant left no trace"
+    );
+    ensure!(
+        !p.is_granted(&other_channel, u).await?,
+        "a grant is for one channel"
+    );
+    ensure!(p.grant(&channel, &other, 2).await?);
+    p.revoke(&channel, u).await?;
+    p.revoke(&channel, u).await?;
+    ensure!(!p.is_granted(&channel, u).await?, "revoked");
+    ensure!(
+        p.is_granted(&channel, &other).await?,
+        "the other user stays"
+    );
+    p.revoke(&channel, &other).await?;
+    Ok(())
+}
+
 /// Sockets per user, locks that exclude and expire, processed marks (if the engine keeps
 /// them: `keeps_marks` is false for the in-memory presence, whose bus never redelivers).
 pub async fn presence_contract(p: &dyn Presence, keeps_marks: bool) -> anyhow::Result<()> {
@@ -229,6 +269,7 @@ pub async fn presence_contract(p: &dyn Presence, keeps_marks: bool) -> anyhow::R
     p.unlock(&u, t3).await?;
 
     channel_membership(p, &u).await?;
+    channel_grants(p, &u).await?;
 
     let id = MessageId::new();
     ensure!(!p.is_processed(id).await?, "a new id is not processed");

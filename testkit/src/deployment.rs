@@ -53,7 +53,8 @@ impl Default for EmbeddedOptions {
     }
 }
 
-/// The network of the test domain: the seed's ANZ app and a second app, BNZ.
+/// The network of the test domain: the seed's ANZ app (open channels), a second app, BNZ,
+/// and CNZ, whose channels are managed by its master user.
 pub const TEST_NETWORK: &str = r#"
 domains:
   - name: domain-01
@@ -63,10 +64,16 @@ clientApps:
     appId: app-id-343
     masterUserId: ANZ-123223
     authEnabled: false
+    channels: {policy: open}
   - appName: BNZ
     appId: bnz-344
     masterUserId: BNZ-453432
     authEnabled: false
+  - appName: CNZ
+    appId: cnz-345
+    masterUserId: CNZ-1
+    authEnabled: false
+    channels: {policy: managed}
 "#;
 
 /// One `linker domain` process.

@@ -351,7 +351,7 @@ fn network_yaml(names: &[String], ports: &[(u16, u16)], links: &[(usize, usize)]
             "  - appName: {app}\n    appId: {app}\n    masterUserId: {app}-1\n    authEnabled: false\n"
         );
     }
-    y += "  - appName: ANZ\n    appId: app-id-343\n    masterUserId: ANZ-123223\n    authEnabled: false\n";
+    y += "  - appName: ANZ\n    appId: app-id-343\n    masterUserId: ANZ-123223\n    authEnabled: false\n    channels: {policy: open}\n";
     y += "userDistributions:\n";
     for (i, name) in names.iter().enumerate() {
         let to = match RANGE_START.get(i + 1) {

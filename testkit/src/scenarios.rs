@@ -67,6 +67,9 @@ macro_rules! every_scenario {
     channel_members_on_two_connectors_get_every_post,
     leaving_or_closing_ends_channel_membership,
     channels_of_another_app_and_bad_names_are_refused,
+    managed_channels_admit_only_the_users_the_master_added,
+    only_the_apps_master_chooses_managed_members,
+    a_removed_member_no_longer_receives_nor_posts,
         );
     };
 }
@@ -1096,5 +1099,188 @@ pub async fn channels_of_another_app_and_bad_names_are_refused(
     ensure!(later.is_empty(), "the ANZ member saw: {later:?}");
     let members = channel_members(&mut anz, &channel).await?;
     ensure!(members == json!([anz_id]), "{members}");
+    Ok(())
+}
+
+/// The master user of app CNZ, whose channels are managed, in every test network.
+pub const CNZ_MASTER: &str = "CNZ-1";
+const CNZ_APP_ID: &str = "cnz-345";
+
+/// A user of app CNZ no other test uses, and a managed channel of CNZ no other test uses.
+fn unique_cnz() -> (String, String) {
+    let user = unique_user().replacen("ANZ-", "CNZ-", 1);
+    let channel = unique_channel().replacen("ANZ/", "CNZ/", 1);
+    (user, channel)
+}
+
+/// Sends `frame` (with reference "x") and expects `INVALID_MESSAGE` with `reason` (past any
+/// user events, for a master user).
+async fn refused(c: &mut Client, frame: Value, reason: &str) -> anyhow::Result<()> {
+    c.send(&frame).await?;
+    let f = expect_past_events(c, "INVALID_MESSAGE").await?;
+    ensure!(
+        f["data"]["reason"] == reason && f["reference"] == "x",
+        "{frame} -> {f}, expected {reason}"
+    );
+    Ok(())
+}
+
+/// The next frame of type `kind` for a master user, past the USER_CONNECTED and
+/// USER_DISCONNECTED events of its app's users.
+async fn expect_past_events(master: &mut Client, kind: &str) -> anyhow::Result<Value> {
+    loop {
+        let f = master.next().await?;
+        if f["type"] != "USER_CONNECTED" && f["type"] != "USER_DISCONNECTED" {
+            ensure!(f["type"] == kind, "expected {kind}, got {f}");
+            return Ok(f);
+        }
+    }
+}
+
+/// `CHANNEL_ADD` (or `CHANNEL_REMOVE` if not `added`) from `master`, answered in kind.
+async fn choose(master: &mut Client, added: bool, channel: &str, user: &str) -> anyhow::Result<()> {
+    let (ask, answer) = if added {
+        ("CHANNEL_ADD", "CHANNEL_ADDED")
+    } else {
+        ("CHANNEL_REMOVE", "CHANNEL_REMOVED")
+    };
+    master
+        .send(&json!({"type":ask,"reference":"m","data":{"channel":channel,"userId":user}}))
+        .await?;
+    let f = expect_past_events(master, answer).await?;
+    ensure!(
+        f == json!({"type":answer,"data":{"channel":channel,"userId":user},"reference":"m"}),
+        "{f}"
+    );
+    Ok(())
+}
+
+pub async fn managed_channels_admit_only_the_users_the_master_added(
+    d: &dyn Deployment,
+) -> anyhow::Result<()> {
+    let (a_id, channel) = unique_cnz();
+    let (b_id, _) = unique_cnz();
+    let mut master = Client::login_app(&d.ws_url(0), CNZ_MASTER, CNZ_APP_ID).await?;
+    let mut a = Client::login_app(&d.ws_url(0), &a_id, CNZ_APP_ID).await?;
+    let mut b = Client::login_app(&d.ws_url(1), &b_id, CNZ_APP_ID).await?;
+    // Not added yet: a user of the app may not join, post or list.
+    for frame in [
+        json!({"type":"SUBSCRIBE","reference":"x","data":{"channel":channel}}),
+        json!({"type":"CHANNEL_MESSAGE","reference":"x","data":{"channel":channel,"content":"hi"}}),
+        json!({"type":"CHANNEL_PRESENCE","reference":"x","data":{"channel":channel}}),
+    ] {
+        refused(&mut a, frame, "NOT_CHANNEL_MEMBER").await?;
+    }
+    choose(&mut master, true, &channel, &a_id).await?;
+    choose(&mut master, true, &channel, &a_id).await?;
+    choose(&mut master, true, &channel, &b_id).await?;
+    subscribe(&mut a, &channel).await?;
+    subscribe(&mut b, &channel).await?;
+    // The master user may use its app's managed channels without being added.
+    master
+        .send(&json!({"type":"SUBSCRIBE","data":{"channel":channel}}))
+        .await?;
+    expect_past_events(&mut master, "SUBSCRIBED").await?;
+    let members = channel_members(&mut b, &channel).await?;
+    let expected = sorted(vec![a_id.clone(), b_id.clone(), CNZ_MASTER.to_owned()]);
+    ensure!(members == json!(expected), "{members}");
+
+    a.send(&json!({"type":"CHANNEL_MESSAGE","reference":"r1","data":{"channel":channel,"content":"hello"}}))
+        .await?;
+    let m = expect_past_events(&mut master, "CHANNEL_MESSAGE").await?;
+    ensure!(m["data"]["from"] == json!(a_id), "{m}");
+    for c in [&mut b, &mut a] {
+        let m = c.expect("CHANNEL_MESSAGE").await?;
+        ensure!(
+            m["data"]["from"] == json!(a_id) && m["data"]["content"] == "hello",
+            "{m}"
+        );
+    }
+    // A user of the app who was not added still may not post, and nobody got anything.
+    let (c_id, _) = unique_cnz();
+    let mut c = Client::login_app(&d.ws_url(1), &c_id, CNZ_APP_ID).await?;
+    let post = json!({"type":"CHANNEL_MESSAGE","reference":"x","data":{"channel":channel,"content":"spam"}});
+    refused(&mut c, post, "NOT_CHANNEL_MEMBER").await?;
+    let later = b.sync().await?;
+    ensure!(
+        later.iter().all(|f| f["data"]["content"] != "spam"),
+        "{later:?}"
+    );
+    Ok(())
+}
+
+pub async fn only_the_apps_master_chooses_managed_members(
+    d: &dyn Deployment,
+) -> anyhow::Result<()> {
+    let (a_id, channel) = unique_cnz();
+    let mut a = Client::login_app(&d.ws_url(0), &a_id, CNZ_APP_ID).await?;
+    let mut bnz_master = Client::login_app(&d.ws_url(1), "BNZ-453432", "bnz-344").await?;
+    let mut anz_master = Client::login(&d.ws_url(0), MASTER).await?;
+    let mut master = Client::login_app(&d.ws_url(1), CNZ_MASTER, CNZ_APP_ID).await?;
+    let add = |channel: &str, user: &str| json!({"type":"CHANNEL_ADD","reference":"x","data":{"channel":channel,"userId":user}});
+    // A user may not add themself; another app's master may not add to this app's channel.
+    refused(&mut a, add(&channel, &a_id), "NOT_MASTER").await?;
+    refused(&mut bnz_master, add(&channel, &a_id), "NOT_MASTER").await?;
+    refused(&mut anz_master, add(&channel, &a_id), "NOT_MASTER").await?;
+    let remove =
+        json!({"type":"CHANNEL_REMOVE","reference":"x","data":{"channel":channel,"userId":a_id}});
+    refused(&mut bnz_master, remove, "NOT_MASTER").await?;
+    // The app's master may not add another app's user, and an open app's channels take none.
+    let anz_user = unique_user();
+    refused(
+        &mut master,
+        add(&channel, &anz_user),
+        "CHANNEL_OF_OTHER_APP",
+    )
+    .await?;
+    let open = unique_channel();
+    refused(
+        &mut anz_master,
+        add(&open, &anz_user),
+        "CHANNEL_NOT_MANAGED",
+    )
+    .await?;
+    // Nothing the refused frames asked for happened.
+    let join = json!({"type":"SUBSCRIBE","reference":"x","data":{"channel":channel}});
+    refused(&mut a, join, "NOT_CHANNEL_MEMBER").await?;
+    choose(&mut master, true, &channel, &a_id).await?;
+    subscribe(&mut a, &channel).await?;
+    Ok(())
+}
+
+pub async fn a_removed_member_no_longer_receives_nor_posts(
+    d: &dyn Deployment,
+) -> anyhow::Result<()> {
+    let (a_id, channel) = unique_cnz();
+    let (b_id, _) = unique_cnz();
+    let mut master = Client::login_app(&d.ws_url(0), CNZ_MASTER, CNZ_APP_ID).await?;
+    let mut a = Client::login_app(&d.ws_url(0), &a_id, CNZ_APP_ID).await?;
+    let mut b = Client::login_app(&d.ws_url(1), &b_id, CNZ_APP_ID).await?;
+    choose(&mut master, true, &channel, &a_id).await?;
+    choose(&mut master, true, &channel, &b_id).await?;
+    subscribe(&mut a, &channel).await?;
+    subscribe(&mut b, &channel).await?;
+    // b is on another connector than the master: the membership ends there too.
+    choose(&mut master, false, &channel, &b_id).await?;
+    let members = channel_members(&mut a, &channel).await?;
+    ensure!(members == json!([a_id]), "{members}");
+    a.send(&json!({"type":"CHANNEL_MESSAGE","feature":"FAST","data":{"channel":channel,"content":"after"}}))
+        .await?;
+    let m = a.expect("CHANNEL_MESSAGE").await?;
+    ensure!(m["data"]["content"] == "after", "{m}");
+    let later = b.sync().await?;
+    ensure!(later.is_empty(), "a removed member still got: {later:?}");
+    let post =
+        json!({"type":"CHANNEL_MESSAGE","reference":"x","data":{"channel":channel,"content":"x"}});
+    refused(&mut b, post, "NOT_CHANNEL_MEMBER").await?;
+    let join = json!({"type":"SUBSCRIBE","reference":"x","data":{"channel":channel}});
+    refused(&mut b, join, "NOT_CHANNEL_MEMBER").await?;
+    // Added again, the same socket joins again.
+    choose(&mut master, true, &channel, &b_id).await?;
+    subscribe(&mut b, &channel).await?;
+    a.send(&json!({"type":"CHANNEL_MESSAGE","feature":"FAST","data":{"channel":channel,"content":"back"}}))
+        .await?;
+    let m = b.expect("CHANNEL_MESSAGE").await?;
+    ensure!(m["data"]["content"] == "back", "{m}");
     Ok(())
 }
