@@ -1,14 +1,16 @@
 //! The connector: where clients connect.
 //!
-//! It accepts WebSocket clients at `/ws`, authenticates them, turns each valid frame into an
-//! envelope on the bus, and writes what processors send back to the right sockets. It makes
-//! no routing decision and names no engine: only the `Bus` and `Presence` traits.
+//! It accepts WebSocket clients at `/ws` (and plain text ones at `/channels/..`),
+//! authenticates them, turns each valid frame into an envelope on the bus, and writes what
+//! processors send back to the right sockets. It makes no routing decision and names no
+//! engine: only the `Bus` and `Presence` traits.
 //!
 //! Layout:
 //! - `acks`: an acking socket's record of numbered frames not yet acknowledged.
 //! - `channels`: SUBSCRIBE, UNSUBSCRIBE, CHANNEL_PRESENCE, and who may use a channel.
 //! - [`auth`]: the checks behind `AUTH_CLIENT`, and the HTTP auth callback.
 //! - `limits`: the frame-rate token bucket and connection admission.
+//! - `plain`: the URL form for plain text clients (`/channels/<channel>/users/<user>`).
 //! - [`session`]: one socket's life, from handshake to close.
 //! - [`registry`]: the table of authenticated sockets, and the loop that carries out the
 //!   processors' commands on them.
@@ -19,6 +21,7 @@ pub mod auth;
 mod channels;
 mod limits;
 mod link;
+mod plain;
 pub mod registry;
 pub mod session;
 

@@ -6,6 +6,8 @@
 //! are written in batches with one flush. `from` is always the authenticated user. A socket
 //! that logs in with `"ack": true` remembers the numbered frames written to it until the
 //! client acknowledges them (`ACK {upTo}` acknowledges only frames this socket was sent).
+//! A socket opened at the URL form (`/channels/<channel>/users/<user>`, see plain.rs) is
+//! authenticated and joined from its URL, and speaks plain text.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -46,6 +48,7 @@ use crate::acks::Unacked;
 use crate::auth;
 use crate::channels::{self, Memberships};
 use crate::limits::{Admitted, TokenBucket};
+use crate::plain;
 use crate::registry::{Outbound, SocketHandle, Ticket};
 
 /// Most queued frames written before one flush.
@@ -143,14 +146,20 @@ async fn session<S>(
         .write_buffer_size(16 * 1024)
         .max_message_size(Some(config.max_frame_bytes))
         .max_frame_size(Some(config.max_frame_bytes));
+    // The URL form's path and query, kept from the handshake.
+    let mut plain_url: Option<(String, Option<String>)> = None;
     // The callback's signature is tungstenite's; its error type is not ours to shrink.
     #[allow(clippy::result_large_err)]
-    let only_ws_path = move |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
+    let only_ws_path = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
         if let Some(reason) = refusal {
             let mut busy = ErrorResponse::new(Some(reason.to_owned()));
             *busy.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
             Err(busy)
         } else if req.uri().path() == "/ws" {
+            Ok(resp)
+        } else if plain::is_route(req.uri().path()) {
+            let query = req.uri().query().map(str::to_owned);
+            plain_url = Some((req.uri().path().to_owned(), query));
             Ok(resp)
         } else {
             let mut not_found =
@@ -194,8 +203,16 @@ async fn session<S>(
         ack: false,
         unacked: Unacked::default(),
         memberships: Memberships::default(),
+        plain: None,
     };
-    let end = s.serve(&mut stream, &mut rx, deadline, &shutdown).await;
+    let opened = match plain_url {
+        Some((path, query)) => s.open_plain(&path, query.as_deref()).await,
+        None => None,
+    };
+    let end = match opened {
+        Some(refused) => Some(refused),
+        None => s.serve(&mut stream, &mut rx, deadline, &shutdown).await,
+    };
     if let Some(frame) = end {
         debug!(code = u16::from(frame.code), reason = %frame.reason, "closing");
         let _ = timeout(
@@ -231,6 +248,8 @@ struct Session<S> {
     unacked: Unacked,
     /// The channels this socket is a member of.
     memberships: Memberships,
+    /// The channel of a socket opened at the URL form: it speaks plain text.
+    plain: Option<Channel>,
 }
 
 /// A publish in flight; resolves to the error frame to send the client, if any.
@@ -313,6 +332,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     match incoming {
                     None | Some(Ok(Message::Close(_))) => return None,
                     Some(Ok(Message::Text(text))) => {
+                        let text = match &self.plain {
+                            Some(channel) => plain::post_frame(channel, &text).into(),
+                            None => text,
+                        };
                         if let Some(end) = self.on_text(&text).await {
                             break Some(end);
                         }
@@ -360,10 +383,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let mut next = Some(first);
         let mut count = 0;
         while let Some(out) = next.take() {
-            self.sink.feed(Message::Text(out.text)).await?;
-            self.tickets.extend(out.ticket);
-            if let Some((seq, id)) = out.numbered {
-                self.unacked.written(seq, id);
+            let text = match &self.plain {
+                None => Some(out.text),
+                Some(_) => plain::text_form(&out.text).map(Utf8Bytes::from),
+            };
+            // A plain socket writes channel posts only; other frames count as not written.
+            if let Some(text) = text {
+                self.sink.feed(Message::Text(text)).await?;
+                self.tickets.extend(out.ticket);
+                if let Some((seq, id)) = out.numbered {
+                    self.unacked.written(seq, id);
+                }
             }
             count += 1;
             if count < MAX_BATCH {
@@ -494,7 +524,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     }
                     _ => out_auth_reply(app_id, user_id, false, Some(e.reason())),
                 };
-                self.reply(reply).await;
+                if self.plain.is_none() {
+                    self.reply(reply).await;
+                }
                 return Some(close_frame(
                     CloseCode::Policy,
                     format!("authentication failed: {}", e.reason()),
@@ -520,7 +552,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         } else {
             out_auth_reply(app_id, user.as_str(), true, None)
         };
-        self.reply(reply).await;
+        if self.plain.is_none() {
+            self.reply(reply).await;
+        }
         metrics::counter!("linker_connector_auths_total", "result" => "ok").increment(1);
         info!(ack, "authenticated");
         self.user = Some(user.clone());
@@ -535,6 +569,48 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         }
         self.start_publishes(envelopes, false);
         None
+    }
+
+    /// Opens a socket at the URL form: authenticates the user as `AUTH_CLIENT` would and joins
+    /// the channel, writing nothing; from then on it speaks plain text. Answers the close
+    /// frame if the URL, the login or the join is refused.
+    async fn open_plain(&mut self, path: &str, query: Option<&str>) -> Option<CloseFrame> {
+        let route = match plain::Route::parse(path, query) {
+            Ok(route) => route,
+            Err((reason, detail)) => {
+                info!(reason, %detail, "plain text route refused");
+                let text = plain::close_reason(format!("{reason}: {detail}"));
+                return Some(close_frame(CloseCode::Policy, text));
+            }
+        };
+        self.plain = Some(route.channel.clone());
+        let token = route.token.as_deref();
+        if let Some(refused) = self
+            .authenticate(&route.app_id, &route.user_id, token, false)
+            .await
+        {
+            return Some(refused);
+        }
+        let user = self.user.clone().expect("authenticated just now");
+        let presence = self.shared.presence.clone();
+        let network = self.shared.network.current();
+        let joined = self
+            .memberships
+            .join(
+                &network,
+                presence.as_ref(),
+                &user,
+                &self.address,
+                &route.channel,
+            )
+            .await;
+        let (code, text) = match joined {
+            Ok(Ok(())) => return None,
+            Ok(Err((reason, detail))) => (CloseCode::Policy, format!("{reason}: {detail}")),
+            Err(e) => (CloseCode::Error, format!("PRESENCE_UNAVAILABLE: {e}")),
+        };
+        info!(%text, "plain text socket not joined");
+        Some(close_frame(code, plain::close_reason(text)))
     }
 
     /// A RELIABLE envelope from this socket, with no reference.

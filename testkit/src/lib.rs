@@ -7,6 +7,7 @@
 //! - [`deployment`]: the `Deployment` trait and `Embedded` (one `linker domain` process).
 //! - [`engine`]: a test engine stopped on purpose, started again however the test ends.
 //! - [`network`]: several domains (one `linker domain` each) and a meta-server.
+//! - [`plain_client`]: a plain text client for the URL form of channels.
 //! - [`process`]: one `linker` child process, killable and restartable.
 //! - [`scenarios`]: protocol scenarios, each a function over a `Deployment`.
 //! - [`split`]: connectors and processors as separate processes on the real engines.
@@ -16,6 +17,7 @@ pub mod contracts;
 pub mod deployment;
 pub mod engine;
 pub mod network;
+pub mod plain_client;
 pub mod process;
 pub mod scenarios;
 pub mod split;

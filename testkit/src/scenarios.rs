@@ -70,6 +70,7 @@ macro_rules! every_scenario {
     managed_channels_admit_only_the_users_the_master_added,
     only_the_apps_master_chooses_managed_members,
     a_removed_member_no_longer_receives_nor_posts,
+    a_plain_text_client_joins_and_posts_by_url,
         );
     };
 }
@@ -1282,5 +1283,87 @@ pub async fn a_removed_member_no_longer_receives_nor_posts(
         .await?;
     let m = b.expect("CHANNEL_MESSAGE").await?;
     ensure!(m["data"]["content"] == "back", "{m}");
+    Ok(())
+}
+
+/// The path of the URL form for `user` of app ANZ in `channel` (a short name), with the app id.
+fn plain_path(channel: &str, user: &str, app_id: &str) -> String {
+    format!("/channels/{channel}/users/{user}?appId={app_id}")
+}
+
+/// Waits, bounded, until `user` is among the members `c` sees in `channel`.
+async fn until_member(c: &mut Client, channel: &str, user: &str) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let members = channel_members(c, channel).await?;
+        if members.as_array().is_some_and(|m| m.contains(&json!(user))) {
+            return Ok(());
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "{user} never joined {channel}: {members}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+pub async fn a_plain_text_client_joins_and_posts_by_url(d: &dyn Deployment) -> anyhow::Result<()> {
+    use crate::plain_client::{PlainClient, plain_url};
+    let channel = unique_channel();
+    let short = channel.trim_start_matches("ANZ/");
+    let (a_id, p_id) = (unique_user(), unique_user());
+    let mut a = Client::login(&d.ws_url(0), &a_id).await?;
+    subscribe(&mut a, &channel).await?;
+    let url = plain_url(&d.ws_url(1), &plain_path(short, &p_id, "app-id-343"));
+    let mut p = PlainClient::connect(&url).await?;
+    until_member(&mut a, &channel, &p_id).await?;
+
+    // A text frame is a post, as a JSON string, and comes back to the plain socket too.
+    p.send("hello \"all\"").await?;
+    let m = a.expect("CHANNEL_MESSAGE").await?;
+    ensure!(
+        m["data"]["from"] == json!(p_id) && m["data"]["content"] == "hello \"all\"",
+        "{m}"
+    );
+    ensure!(p.next().await? == "hello \"all\"", "own post as text");
+    // A string arrives as its text, anything else as its JSON; other frames not at all.
+    a.message(&p_id, "direct", "FAST", None).await?;
+    for content in [json!("plain"), json!({"n":[1,2]})] {
+        a.send(&json!({"type":"CHANNEL_MESSAGE","feature":"FAST","data":{"channel":channel,"content":content}}))
+            .await?;
+        a.expect("CHANNEL_MESSAGE").await?;
+    }
+    ensure!(p.next().await? == "plain");
+    ensure!(p.next().await? == r#"{"n":[1,2]}"#);
+
+    // Refusals close the socket with 1008 and the reason.
+    let managed = unique_cnz().1;
+    let cnz_user = unique_cnz().0;
+    for (path, reason) in [
+        (
+            plain_path(short, &unique_user(), "wrong-id"),
+            "authentication failed",
+        ),
+        (
+            plain_path("a%20b", &unique_user(), "app-id-343"),
+            "INVALID_CHANNEL",
+        ),
+        (
+            format!("/channels/{short}/users/{}", unique_user()),
+            "MISSING_FIELD",
+        ),
+        (
+            plain_path(managed.trim_start_matches("CNZ/"), &cnz_user, "cnz-345"),
+            "NOT_CHANNEL_MEMBER",
+        ),
+    ] {
+        let mut refused = PlainClient::connect(&plain_url(&d.ws_url(0), &path)).await?;
+        let (frame, seen) = refused.closed().await?;
+        let frame = frame.with_context(|| format!("{path}: no close frame"))?;
+        ensure!(
+            u16::from(frame.code) == 1008 && frame.reason.contains(reason) && seen.is_empty(),
+            "{path}: closed with {frame:?} after {seen:?}, expected {reason}"
+        );
+    }
     Ok(())
 }
