@@ -1,6 +1,6 @@
 //! The client app's auth callback, against a real HTTP endpoint started by the test: every
 //! answer the endpoint can give maps to a clear `AUTH_CLIENT_REPLY`, and none leaves a socket
-//! stuck in "authenticating".
+//! stuck in "authenticating"; the channel URL form asks it the same way.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -54,6 +54,7 @@ clientApps:
     masterUserId: CBA-100
     authEnabled: true
     authUrl: http://127.0.0.1:{auth_port}/auth
+    channels: {{policy: open}}
   - appName: CACHED
     appId: cached-1
     authEnabled: true
@@ -67,8 +68,8 @@ clientApps:
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn each_callback_answer_gives_a_clear_auth_reply() {
+/// The auth endpoint (counting its calls) and a domain whose apps use it.
+async fn domain_with_callback() -> (Embedded, Arc<AtomicUsize>) {
     let calls = Arc::new(AtomicUsize::new(0));
     let c = calls.clone();
     let app = axum::Router::new().route("/auth", post(move |body| auth(c.clone(), body)));
@@ -89,6 +90,31 @@ async fn each_callback_answer_gives_a_clear_auth_reply() {
     let d = Embedded::start_with(Path::new(env!("CARGO_BIN_EXE_linker")), options)
         .await
         .unwrap();
+    (d, calls)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_channel_url_form_asks_the_callback_with_its_token() {
+    use testkit::plain_client::{PlainClient, plain_url};
+    let (d, calls) = domain_with_callback().await;
+    let url = |token: &str| {
+        let path = format!("/channels/room/users/CBA-1?appId=cba-1&token={token}");
+        plain_url(&d.ws_url(0), &path)
+    };
+    let mut refused = PlainClient::connect(&url("bad")).await.unwrap();
+    let (frame, _) = refused.closed().await.unwrap();
+    let frame = frame.expect("a close frame");
+    assert_eq!(u16::from(frame.code), 1008);
+    assert!(frame.reason.contains("AUTH_REJECTED"), "{frame:?}");
+    let mut p = PlainClient::connect(&url("good")).await.unwrap();
+    p.send("in").await.unwrap();
+    assert_eq!(p.next().await.unwrap(), "in", "joined CBA/room and posted");
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "one callback per login");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_callback_answer_gives_a_clear_auth_reply() {
+    let (d, calls) = domain_with_callback().await;
 
     let cases = [
         ("cba-1", "CBA-1", "good", true, None),
