@@ -1,5 +1,6 @@
-//! `linker-bench` against the real `linker domain` binary: a short self-echo run per feature
-//! and a pairs run, each of which must get every measured message back exactly once.
+//! `linker-bench` against the real `linker domain` binary: a short self-echo run per feature,
+//! a pairs run and broadcasts (GROUP_MESSAGE and one channel), each of which must get every
+//! measured message back exactly once.
 //!
 //! It lives in `linker/tests/` because only this crate's tests know where the `linker`
 //! binary is; the bench is a library of `test-script`. No assertion is on timings.
@@ -119,5 +120,38 @@ async fn broadcast_copies_reach_every_subscriber_once_and_connections_stay_idle(
     .await?;
     assert_eq!(s.connected, 20, "{s}");
     assert_eq!(s.sent_total, 0, "{s}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn broadcast_through_one_channel_reaches_every_subscriber_once() -> anyhow::Result<()> {
+    let server = domain().await?;
+    for (feature, users) in [("FAST", "3300000"), ("RELIABLE", "3400000")] {
+        let s = bench_against(
+            &server,
+            &[
+                "--workload",
+                "broadcast",
+                "--channel",
+                "--publishers",
+                "3",
+                "--subscribers",
+                "25",
+                "--feature",
+                feature,
+                "--user-base",
+                users,
+            ],
+        )
+        .await?;
+        let context = format!("{s}\n{}", server.diagnostics());
+        assert!(s.channel, "{context}");
+        assert_eq!(s.connected, 28, "{context}");
+        // One CHANNEL_MESSAGE per publisher, one copy per member (publishers did not join).
+        assert_eq!(s.sent, 3 * 25, "{context}");
+        assert_eq!(s.received, s.sent, "{context}");
+        assert_eq!((s.lost, s.duplicated, s.unknown), (0, 0, 0), "{context}");
+        assert_eq!(s.errors.total(), 0, "{context}");
+    }
     Ok(())
 }

@@ -26,7 +26,9 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use super::errors::{ErrorKind, Errors};
 use super::ledger::Ledger;
 use super::options::Plan;
-use super::workload::{FRAME_SUFFIX, Stamp, Workload, frame_prefix, group_frame_prefix};
+use super::workload::{
+    FRAME_SUFFIX, Stamp, Workload, channel_frame_prefix, frame_prefix, group_frame_prefix,
+};
 
 /// Where a run is; connections send only in `Warmup` and `Measure`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -128,7 +130,36 @@ async fn open(shared: &Shared, index: usize) -> Result<Ws, (ErrorKind, anyhow::E
     authenticate(&mut ws, &plan.options.app_id, &user)
         .await
         .map_err(|e| (ErrorKind::Auth, e))?;
+    let o = &plan.options;
+    if o.workload == Workload::Broadcast && o.channel && index >= o.publishers {
+        subscribe(&mut ws, &plan.channel())
+            .await
+            .map_err(|e| (ErrorKind::Auth, e))?;
+    }
     Ok(ws)
+}
+
+/// Joins `channel` and waits for `SUBSCRIBED` (a `--channel` broadcast's subscriber).
+async fn subscribe(ws: &mut Ws, channel: &str) -> anyhow::Result<()> {
+    let frame = format!(r#"{{"type":"SUBSCRIBE","data":{{"channel":"{channel}"}}}}"#);
+    ws.send(Message::Text(frame.into())).await?;
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(text))) => {
+                let frame: Incoming<'_> = serde_json::from_str(&text)
+                    .with_context(|| format!("unreadable frame before joining: {text}"))?;
+                match frame.kind.as_ref() {
+                    "SUBSCRIBED" => return Ok(()),
+                    "INVALID_MESSAGE" | "GENERAL_ERROR" => bail!("{channel} not joined: {text}"),
+                    _ => {}
+                }
+            }
+            Some(Ok(Message::Close(f))) => bail!("closed before joining: {f:?}"),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => bail!("socket error before joining: {e}"),
+            None => bail!("socket ended before joining"),
+        }
+    }
 }
 
 async fn connect(
@@ -264,8 +295,9 @@ async fn write(
     std::future::pending().await
 }
 
-/// `broadcast`: a publisher sends one GROUP_MESSAGE to every subscriber as the measured
-/// phase starts, taking one sequence number per subscriber; a subscriber sends nothing.
+/// `broadcast`: a publisher sends one GROUP_MESSAGE to every subscriber (or one
+/// CHANNEL_MESSAGE to their channel) as the measured phase starts, taking one sequence number
+/// per subscriber; a subscriber sends nothing.
 async fn publish_once(
     shared: &Shared,
     index: usize,
@@ -278,7 +310,11 @@ async fn publish_once(
     let subscribers: Vec<String> = (o.publishers..o.publishers + o.subscribers)
         .map(|i| shared.plan.user(i))
         .collect();
-    let mut frame = group_frame_prefix(&subscribers, o.feature.wire_name());
+    let mut frame = if o.channel {
+        channel_frame_prefix(&shared.plan.channel(), o.feature.wire_name())
+    } else {
+        group_frame_prefix(&subscribers, o.feature.wire_name())
+    };
     let mut phase = shared.phase.subscribe();
     if *phase.wait_for(|p| *p >= Phase::Measure).await? != Phase::Measure {
         return std::future::pending().await;
@@ -320,7 +356,7 @@ async fn read(shared: &Shared, index: usize, stream: &mut SplitStream<Ws>) -> an
             continue;
         };
         let stamp = match frame.kind.as_ref() {
-            "MESSAGE" => frame
+            "MESSAGE" | "CHANNEL_MESSAGE" => frame
                 .data
                 .as_ref()
                 .and_then(|d| d.content.as_deref())

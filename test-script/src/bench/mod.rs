@@ -156,6 +156,7 @@ pub async fn run(options: Options) -> anyhow::Result<Summary> {
         } else {
             0
         },
+        channel: o.workload == workload::Workload::Broadcast && o.channel,
         connected,
         open_at_end,
         interval_ms: o.interval_ms,

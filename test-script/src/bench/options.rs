@@ -24,6 +24,8 @@ pub const MAX_SIZE: usize = 60_000;
 /// Most subscribers of one broadcast: one GROUP_MESSAGE names them all, and the frame must
 /// stay under the server's frame limit.
 pub const MAX_GROUP: usize = 4_000;
+/// Most subscribers of one channel broadcast (members of one channel).
+pub const MAX_CHANNEL_MEMBERS: usize = 20_000;
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -47,6 +49,11 @@ pub struct Options {
     /// list of each GROUP_MESSAGE; the server's `max_group_size` bounds it, 1000 by default).
     #[arg(long, default_value_t = 10)]
     pub subscribers: usize,
+    /// `broadcast`: the subscribers join one channel (`SUBSCRIBE`) before the run, and each
+    /// publisher posts one CHANNEL_MESSAGE to it instead of a GROUP_MESSAGE naming them all.
+    /// The app's channels must be open to its users (`channels: {policy: open}`).
+    #[arg(long)]
+    pub channel: bool,
     /// Milliseconds between two messages of one connection; 0 = idle (connect, authenticate,
     /// send nothing: for measuring memory per connection).
     #[arg(long, default_value_t = 1000)]
@@ -157,6 +164,18 @@ impl Plan {
     }
 }
 
+impl Plan {
+    /// The channel of a `--channel` broadcast: one per run, in the users' app.
+    pub fn channel(&self) -> String {
+        format!(
+            "{}/bench-{}-{}",
+            self.options.user_prefix,
+            std::process::id(),
+            self.options.user_base
+        )
+    }
+}
+
 impl Options {
     /// Checks every bound and address; `fd_limit` is the process's open-file limit.
     pub fn plan(mut self, fd_limit: u64) -> anyhow::Result<Plan> {
@@ -169,6 +188,10 @@ impl Options {
                 ensure!(
                     self.subscribers <= MAX_GROUP,
                     "--subscribers must be at most {MAX_GROUP}"
+                );
+                ensure!(
+                    !self.channel || self.subscribers <= MAX_CHANNEL_MEMBERS,
+                    "--subscribers with --channel must be at most {MAX_CHANNEL_MEMBERS}"
                 );
                 self.connections = self.publishers + self.subscribers;
             }

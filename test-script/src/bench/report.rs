@@ -45,6 +45,8 @@ pub struct Summary {
     /// `broadcast`: publishers and subscribers (0 in other workloads).
     pub publishers: usize,
     pub subscribers: usize,
+    /// `broadcast --channel`: one CHANNEL_MESSAGE per publisher instead of a GROUP_MESSAGE.
+    pub channel: bool,
     /// Connections authenticated by the end of the ramp-up.
     pub connected: usize,
     /// Connections still open at the end of the measured phase.
@@ -134,9 +136,14 @@ impl fmt::Display for Summary {
         if self.publishers > 0 {
             writeln!(
                 f,
-                "  broadcast    {} publishers x {} subscribers: one GROUP_MESSAGE each, {} copies",
+                "  broadcast    {} publishers x {} subscribers: one {} each, {} copies",
                 self.publishers,
                 self.subscribers,
+                if self.channel {
+                    "CHANNEL_MESSAGE to one channel"
+                } else {
+                    "GROUP_MESSAGE"
+                },
                 self.publishers * self.subscribers
             )?;
         }

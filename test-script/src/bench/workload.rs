@@ -17,7 +17,8 @@ pub enum Workload {
     /// Connections 2k and 2k+1 send to each other.
     Pairs,
     /// `--publishers` connections each send one GROUP_MESSAGE to the explicit list of the
-    /// `--subscribers` at the start of the measured phase (the original's chat-room test).
+    /// `--subscribers` at the start of the measured phase (the original's chat-room test);
+    /// with `--channel`, one CHANNEL_MESSAGE to a channel the subscribers joined.
     Broadcast,
     /// Idle authenticated connections only (`--interval-ms 0`): memory per connection.
     Connections,
@@ -106,6 +107,14 @@ pub fn group_frame_prefix(to: &[String], feature: &str) -> String {
         .collect::<Vec<_>>()
         .join(",");
     format!(r#"{{"type":"GROUP_MESSAGE","feature":"{feature}","data":{{"to":[{list}],"content":""#)
+}
+
+/// The start of a CHANNEL_MESSAGE frame to `channel`; the content and then `"}}` follow, as
+/// for [`frame_prefix`].
+pub fn channel_frame_prefix(channel: &str, feature: &str) -> String {
+    format!(
+        r#"{{"type":"CHANNEL_MESSAGE","feature":"{feature}","data":{{"channel":"{channel}","content":""#
+    )
 }
 
 /// The end of a MESSAGE frame begun by [`frame_prefix`].
