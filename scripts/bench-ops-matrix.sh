@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The issue-7 benchmark matrix of docs/benchmarks.md, kept short for a shared 2-core box:
 # self-echo at 1000..4000 connections x 1 msg/s (1000 characters), the published broadcast
-# configurations, and idle connections for memory; embedded (`linker domain`, scripts/bench.sh)
-# and split (2 connectors + 2 processors on the test engines, scripts/bench-split.sh), FAST
-# and RELIABLE. 3 runs of each, interleaved (run 1 of all, then run 2, then run 3).
+# configurations (GROUP_MESSAGE, and through one channel: bch-), and idle connections for
+# memory; embedded (`linker domain`, scripts/bench.sh) and split (2 connectors + 2
+# processors on the test engines, scripts/bench-split.sh), FAST and RELIABLE. 3 runs of
+# each, interleaved (run 1 of all, then run 2, then run 3).
 #   scripts/bench-ops-matrix.sh RESULTS_DIR [embedded|split|all] [filter-regex]
 # then: python3 scripts/bench-table.py RESULTS_DIR; python3 scripts/bench-charts.py RESULTS_DIR
 # Needs the release build (cargo build --release -p linker -p test-script) and, for split,
@@ -26,6 +27,8 @@ for feature in FAST RELIABLE; do
   for sp in 10,1 100,5 1000,10 1000,50 1000,100; do
     s="${sp%,*}"; p="${sp#*,}"
     configs+=("bc-$feature-$s-$p|--workload broadcast --feature $feature --subscribers $s --publishers $p $bcast_phases")
+    # The same through one channel the subscribers joined (one CHANNEL_MESSAGE per publisher).
+    configs+=("bch-$feature-$s-$p|--workload broadcast --channel --feature $feature --subscribers $s --publishers $p $bcast_phases")
   done
 done
 configs+=("idle-15000|--workload connections --connections 15000 --source-ips 127.0.0.1,127.0.0.2,127.0.0.3,127.0.0.4 --warmup-secs 0 --duration-secs 2 --drain-secs 0")
