@@ -164,6 +164,28 @@ pub enum ConnectorCommand {
         targets: Vec<Target>,
         reason: String,
     },
+    /// Write a channel frame to member sockets; the connector applies each socket's
+    /// subscription to it (echo, and the hold while a history replay runs).
+    Post {
+        targets: Vec<Target>,
+        frame: String,
+        feature: Feature,
+        mark: PostMark,
+    },
+}
+
+/// What a channel frame in a `Post` is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "mark", rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum PostMark {
+    /// A post as it happens; `seq` if the channel keeps it (RELIABLE).
+    Live {
+        channel: Channel,
+        from: UserId,
+        id: MessageId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seq: Option<u64>,
+    },
 }
 
 /// What a `Deliver` means to an acking socket.

@@ -299,6 +299,7 @@ pub enum ClientBody {
     },
     Subscribe {
         channel: Channel,
+        options: SubscribeOptions,
     },
     Unsubscribe {
         channel: Channel,
@@ -310,6 +311,13 @@ pub enum ClientBody {
     ChannelPresence {
         channel: Channel,
     },
+}
+
+/// What a SUBSCRIBE asks for beyond the membership.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubscribeOptions {
+    /// The subscribing socket gets its own user's posts (default true).
+    pub echo: bool,
 }
 
 impl ClientBody {
@@ -442,6 +450,8 @@ struct RawData<'a> {
     ids: Option<&'a RawValue>,
     #[serde(borrow, default)]
     channel: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    echo: Option<&'a RawValue>,
 }
 
 /// Why text that starts like an object did not read as a frame. Every key of `RawFrame` takes
@@ -546,6 +556,9 @@ fn parse_body(
         MessageType::Ack => ack_body(&data),
         MessageType::Subscribe => Ok(ClientBody::Subscribe {
             channel: channel(data.channel)?,
+            options: SubscribeOptions {
+                echo: optional::<bool>(data.echo, "echo", "must be a boolean")?.unwrap_or(true),
+            },
         }),
         MessageType::Unsubscribe => Ok(ClientBody::Unsubscribe {
             channel: channel(data.channel)?,
@@ -1107,7 +1120,18 @@ mod tests {
         let sub = r#"{"type":"SUBSCRIBE","data":{"channel":"ANZ/general"}}"#;
         assert!(matches!(
             parse(sub).unwrap().body,
-            ClientBody::Subscribe { .. }
+            ClientBody::Subscribe {
+                options: SubscribeOptions { echo: true },
+                ..
+            }
+        ));
+        let quiet = r#"{"type":"SUBSCRIBE","data":{"channel":"ANZ/general","echo":false}}"#;
+        assert!(matches!(
+            parse(quiet).unwrap().body,
+            ClientBody::Subscribe {
+                options: SubscribeOptions { echo: false },
+                ..
+            }
         ));
         let long = format!(
             r#"{{"type":"SUBSCRIBE","data":{{"channel":"ANZ/{}"}}}}"#,
@@ -1115,6 +1139,10 @@ mod tests {
         );
         for (text, reason) in [
             (r#"{"type":"SUBSCRIBE","data":{}}"#, "MISSING_FIELD"),
+            (
+                r#"{"type":"SUBSCRIBE","data":{"channel":"ANZ/g","echo":"no"}}"#,
+                "INVALID_FIELD",
+            ),
             (
                 r#"{"type":"SUBSCRIBE","data":{"channel":5}}"#,
                 "INVALID_FIELD",

@@ -34,9 +34,9 @@ use tracing::{Instrument, debug, field, info, info_span, warn};
 use common::channel::Channel;
 use common::envelope::{Body, Envelope};
 use common::frame::{
-    ClientBody, ClientFrame, FrameError, Rejected, out_auth_acked, out_auth_reply,
-    out_auth_required, out_auth_wrong_domain, out_channel_presence, out_general_error, out_invalid,
-    out_invalid_reason, out_membership, parse_client_frame,
+    ClientBody, ClientFrame, FrameError, Rejected, SubscribeOptions, out_auth_acked,
+    out_auth_reply, out_auth_required, out_auth_wrong_domain, out_channel_presence,
+    out_general_error, out_invalid, out_invalid_reason, out_membership, parse_client_frame,
 };
 use common::ids::{DomainName, MessageId, SocketAddress, SocketId, UserId};
 use common::presence::PresenceError;
@@ -513,6 +513,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 recent: Mutex::new(VecDeque::new()),
                 ack,
                 held: Mutex::new(ack.then(VecDeque::new)),
+                channels: self.memberships.subscriptions(),
             },
         );
         let reply = if ack {
@@ -667,8 +668,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 }
                 Body::ChannelMessage { channel, content }
             }
-            ClientBody::Subscribe { channel } => {
-                return self.subscribe(user, channel, reference).await;
+            ClientBody::Subscribe { channel, options } => {
+                return self.subscribe(user, channel, options, reference).await;
             }
             ClientBody::Unsubscribe { channel } => {
                 return self.unsubscribe(user, channel, reference).await;
@@ -693,11 +694,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         self.start_publish(envelope, true);
     }
 
-    async fn subscribe(&mut self, user: UserId, channel: Channel, reference: Option<String>) {
+    async fn subscribe(
+        &mut self,
+        user: UserId,
+        channel: Channel,
+        options: SubscribeOptions,
+        reference: Option<String>,
+    ) {
         let presence = self.shared.presence.clone();
         let joined = self
             .memberships
-            .join(presence.as_ref(), &user, &self.address, &channel)
+            .join(presence.as_ref(), &user, &self.address, &channel, options)
             .await;
         match joined {
             Ok(Ok(())) => {

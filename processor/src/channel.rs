@@ -1,7 +1,8 @@
 //! CHANNEL_MESSAGE: a post written to every member socket of a channel.
 //!
 //! Members are looked up in presence (the connectors keep them there); the frame goes once to
-//! each connector that holds members, which writes it to their sockets. Only members online
+//! each connector that holds members, which writes it to the member sockets whose subscription
+//! takes it (echo off: not the sender's own). Only members online
 //! now receive it: nothing is stored for a channel, and sockets of the acknowledged protocol
 //! get it unnumbered. The sender's confirmation (if asked for, with a reference) goes out once
 //! at least one socket took the message.
@@ -9,7 +10,7 @@
 use serde_json::value::RawValue;
 
 use common::channel::Channel;
-use common::envelope::ConnectorCommand;
+use common::envelope::{ConnectorCommand, PostMark};
 use common::frame::{Feature, out_channel_message};
 
 use crate::deliver::{Meta, by_connector};
@@ -28,12 +29,16 @@ impl Processor {
         let report = meta.feature == Feature::Reliable || confirm.is_some();
         let mut written = false;
         for (connector, targets) in by_connector(members.iter().map(|(u, s)| (u, s))) {
-            let command = ConnectorCommand::Deliver {
+            let command = ConnectorCommand::Post {
                 targets,
                 frame: frame.clone(),
                 feature: meta.feature,
-                id: None,
-                ack: None,
+                mark: PostMark::Live {
+                    channel: channel.clone(),
+                    from: meta.from.clone(),
+                    id: meta.id,
+                    seq: None,
+                },
             };
             written |= self
                 .send(&connector, command, report)

@@ -323,9 +323,9 @@ impl Processor {
         report: bool,
     ) -> DeliveryReport {
         let count = match &command {
-            ConnectorCommand::Deliver { targets, .. } | ConnectorCommand::Close { targets, .. } => {
-                targets.len()
-            }
+            ConnectorCommand::Deliver { targets, .. }
+            | ConnectorCommand::Close { targets, .. }
+            | ConnectorCommand::Post { targets, .. } => targets.len(),
         };
         let result = if report {
             self.bus

@@ -67,6 +67,7 @@ macro_rules! every_scenario {
     channel_members_on_two_connectors_get_every_post,
     leaving_or_closing_ends_channel_membership,
     channels_of_another_app_and_bad_names_are_refused,
+    a_subscription_without_echo_does_not_get_its_own_posts,
         );
     };
 }
@@ -1096,5 +1097,51 @@ pub async fn channels_of_another_app_and_bad_names_are_refused(
     ensure!(later.is_empty(), "the ANZ member saw: {later:?}");
     let members = channel_members(&mut anz, &channel).await?;
     ensure!(members == json!([anz_id]), "{members}");
+    Ok(())
+}
+
+pub async fn a_subscription_without_echo_does_not_get_its_own_posts(
+    d: &dyn Deployment,
+) -> anyhow::Result<()> {
+    let channel = unique_channel();
+    let (a_id, b_id) = (unique_user(), unique_user());
+    let mut quiet = Client::login(&d.ws_url(0), &a_id).await?;
+    let mut loud = Client::login(&d.ws_url(1), &a_id).await?;
+    let mut b = Client::login(&d.ws_url(1), &b_id).await?;
+    quiet
+        .send(&json!({"type":"SUBSCRIBE","reference":"s","data":{"channel":channel,"echo":false}}))
+        .await?;
+    let f = quiet.expect("SUBSCRIBED").await?;
+    ensure!(f["data"]["channel"] == json!(channel), "{f}");
+    subscribe(&mut loud, &channel).await?;
+    subscribe(&mut b, &channel).await?;
+
+    let post = json!({"type":"CHANNEL_MESSAGE","reference":"r1","data":{"channel":channel,"content":"mine"}});
+    quiet.send(&post).await?;
+    let m = b.expect("CHANNEL_MESSAGE").await?;
+    ensure!(
+        m["data"]["from"] == json!(a_id) && m["data"]["content"] == "mine",
+        "{m}"
+    );
+    // The user's other socket subscribed with echo (the default): it gets the post.
+    let mine = [loud.next().await?, loud.next().await?];
+    ensure!(
+        types(&mine).contains(&"CHANNEL_MESSAGE".to_owned()),
+        "the echoing socket got {mine:?}"
+    );
+    b.send(&json!({"type":"CHANNEL_MESSAGE","feature":"FAST","data":{"channel":channel,"content":"theirs"}}))
+        .await?;
+    // Echo off hides only the socket's own user's posts; the confirmation still comes.
+    // (FAST and RELIABLE travel apart, so the two may come in either order.)
+    let seen = quiet.sync().await?;
+    ensure!(
+        sorted(types(&seen)) == ["CHANNEL_MESSAGE", "MESSAGE_CONFIRMATION"],
+        "the socket without echo got {seen:?}"
+    );
+    ensure!(
+        seen.iter()
+            .any(|f| f["type"] == "CHANNEL_MESSAGE" && f["data"]["content"] == "theirs"),
+        "{seen:?}"
+    );
     Ok(())
 }
