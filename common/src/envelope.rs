@@ -81,6 +81,13 @@ pub enum Body {
     },
     /// `from` logged in an acking socket on `origin`: resend what is kept for them.
     Resume,
+    /// `origin` subscribed to `channel` asking for a replay: the newest `count` kept posts
+    /// numbered above `after`, then the end of the replay.
+    ChannelHistory {
+        channel: Channel,
+        after: u64,
+        count: u32,
+    },
     /// Work for users of another domain, on its way there over domain links.
     Relay(Box<Relay>),
 }
@@ -186,6 +193,33 @@ pub enum PostMark {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         seq: Option<u64>,
     },
+    /// A kept post replayed for one socket's SUBSCRIBE, oldest first.
+    History {
+        channel: Channel,
+        from: UserId,
+        id: MessageId,
+        seq: u64,
+    },
+    /// The end of that replay: live posts held back meanwhile may now be written.
+    HistoryEnd { channel: Channel },
+}
+
+impl PostMark {
+    pub fn channel(&self) -> &Channel {
+        match self {
+            PostMark::Live { channel, .. }
+            | PostMark::History { channel, .. }
+            | PostMark::HistoryEnd { channel } => channel,
+        }
+    }
+
+    /// The post's message id (none for the end of a replay).
+    pub fn id(&self) -> Option<MessageId> {
+        match self {
+            PostMark::Live { id, .. } | PostMark::History { id, .. } => Some(*id),
+            PostMark::HistoryEnd { .. } => None,
+        }
+    }
 }
 
 /// What a `Deliver` means to an acking socket.
@@ -314,6 +348,11 @@ mod tests {
                 ids: vec![MessageId::new()],
             },
             Body::Resume,
+            Body::ChannelHistory {
+                channel: Channel::parse("ANZ/general").unwrap(),
+                after: 3,
+                count: 10,
+            },
         ];
         for body in bodies {
             let e = envelope(body);

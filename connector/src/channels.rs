@@ -3,8 +3,14 @@
 //! here and handed to processors. A socket remembers its own subscriptions (at most
 //! [`MAX_CHANNELS_PER_SOCKET`]) so that closing it removes them, and the registry applies them
 //! to the channel frames processors send (`post`): a socket whose subscription has echo off
-//! does not get its own user's posts.
+//! does not get its own user's posts. A SUBSCRIBE with `history` or `after` holds the channel's
+//! live posts back for that socket from before it joins until the replay (read by a processor
+//! after the join) has been written, then writes the held ones the replay did not contain:
+//! kept posts are numbered by the store so that a number is readable only with every lower
+//! one, so every post is either replayed or delivered live after the join, and a live post
+//! numbered at or below the last replayed one was replayed.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
@@ -14,7 +20,7 @@ use common::bus::Replier;
 use common::channel::Channel;
 use common::envelope::{DeliveryReport, PostMark, Target};
 use common::frame::{Feature, SubscribeOptions};
-use common::ids::{SocketAddress, UserId};
+use common::ids::{MessageId, SocketAddress, UserId};
 use common::presence::{Presence, PresenceError};
 
 use crate::Shared;
@@ -48,6 +54,24 @@ pub(crate) struct Subscription {
     channel: Channel,
     /// The socket gets its own user's posts.
     echo: bool,
+    replay: Replay,
+}
+
+/// Where a subscription stands with the channel's numbered posts.
+enum Replay {
+    /// Posts go straight to the socket, but none numbered `floor` or lower (the replay wrote
+    /// those).
+    Live { floor: u64 },
+    /// A replay runs: replayed posts are written as they come, live ones are held back (up to
+    /// the outbound queue's size) and written after the replay's end, unless replayed.
+    Replaying { replayed: u64, held: VecDeque<Held> },
+}
+
+/// A live post held back during a replay.
+struct Held {
+    text: Utf8Bytes,
+    id: MessageId,
+    seq: Option<u64>,
 }
 
 /// A socket's subscriptions, shared by its session (which changes them) and the registry
@@ -74,7 +98,9 @@ impl Memberships {
         lock(&self.subs).iter().any(|s| s.channel == *channel)
     }
 
-    /// Joins `channel` (again: only the options change), within the per-socket bound.
+    /// Joins `channel` (again: only the options change), within the per-socket bound. With a
+    /// replay asked for, live posts are held back from before the socket becomes a member
+    /// until the replay's end comes back (`post`) or the replay is abandoned.
     pub(crate) async fn join(
         &mut self,
         presence: &dyn Presence,
@@ -86,10 +112,17 @@ impl Memberships {
         if let Err(refusal) = may_use(user, channel) {
             return Ok(Err(refusal));
         }
+        let replay = || Replay::Replaying {
+            replayed: options.after.unwrap_or(0),
+            held: VecDeque::new(),
+        };
         {
             let mut subs = lock(&self.subs);
             if let Some(sub) = subs.iter_mut().find(|s| s.channel == *channel) {
                 sub.echo = options.echo;
+                if options.replays() && matches!(sub.replay, Replay::Live { .. }) {
+                    sub.replay = replay();
+                }
                 return Ok(Ok(()));
             }
             if subs.len() >= MAX_CHANNELS_PER_SOCKET {
@@ -102,6 +135,11 @@ impl Memberships {
             subs.push(Subscription {
                 channel: channel.clone(),
                 echo: options.echo,
+                replay: if options.replays() {
+                    replay()
+                } else {
+                    Replay::Live { floor: 0 }
+                },
             });
         }
         if let Err(e) = presence.join(channel, user, socket).await {
@@ -109,6 +147,15 @@ impl Memberships {
             return Err(e);
         }
         Ok(Ok(()))
+    }
+
+    /// Ends a replay that will not come (it could not be asked for): the held posts, to write.
+    pub(crate) fn abandon_replay(&self, channel: &Channel) -> Vec<Utf8Bytes> {
+        let mut subs = lock(&self.subs);
+        match subs.iter_mut().find(|s| s.channel == *channel) {
+            Some(sub) => sub.end_replay().into_iter().map(|h| h.text).collect(),
+            None => Vec::new(),
+        }
     }
 
     fn forget(&self, channel: &Channel) {
@@ -151,28 +198,87 @@ impl Memberships {
     }
 }
 
+impl Subscription {
+    /// Ends a running replay: live from the last replayed number on; answers the held posts
+    /// that the replay did not write, in the order they came.
+    fn end_replay(&mut self) -> Vec<Held> {
+        let Replay::Replaying { replayed, held } = &mut self.replay else {
+            return Vec::new();
+        };
+        let floor = *replayed;
+        let held = std::mem::take(held);
+        self.replay = Replay::Live { floor };
+        held.into_iter()
+            .filter(|h| h.seq.is_none_or(|seq| seq > floor))
+            .collect()
+    }
+}
+
 /// What a socket's subscription makes of one channel frame.
 enum Fate {
     /// Write it now.
     Write,
-    /// Not for this socket (not a member, or its own post without echo).
+    /// Not for this socket (not a member, its own post without echo, or a hold that is full).
     Skip,
+    /// Already written to this socket (a replayed post, or a redelivery).
+    Duplicate,
+    /// Held back until the replay ends.
+    Held,
+    /// The replay ended: write the frame, then these held posts.
+    Release(Vec<Held>),
 }
 
-/// Decides one channel frame for one socket of `user`.
-fn fate(subs: &mut [Subscription], user: &UserId, mark: &PostMark) -> Fate {
-    let PostMark::Live { channel, from, .. } = mark;
-    let Some(sub) = subs.iter_mut().find(|s| s.channel == *channel) else {
+/// Decides one channel frame for one socket of `user`; `hold_limit` bounds a hold.
+fn fate(
+    subs: &mut [Subscription],
+    user: &UserId,
+    mark: &PostMark,
+    text: &Utf8Bytes,
+    hold_limit: usize,
+) -> Fate {
+    let Some(sub) = subs.iter_mut().find(|s| s.channel == *mark.channel()) else {
         return Fate::Skip;
     };
-    if !sub.echo && from == user {
-        return Fate::Skip;
+    match (mark, &mut sub.replay) {
+        (PostMark::HistoryEnd { .. }, Replay::Replaying { .. }) => Fate::Release(sub.end_replay()),
+        (PostMark::HistoryEnd { .. }, Replay::Live { .. }) => Fate::Duplicate,
+        (PostMark::History { .. }, Replay::Live { .. }) => Fate::Duplicate,
+        (PostMark::History { from, seq, .. }, Replay::Replaying { replayed, .. }) => {
+            if *seq <= *replayed {
+                return Fate::Duplicate;
+            }
+            *replayed = *seq;
+            if !sub.echo && from == user {
+                return Fate::Skip;
+            }
+            Fate::Write
+        }
+        (PostMark::Live { from, .. }, _) if !sub.echo && from == user => Fate::Skip,
+        (PostMark::Live { seq, .. }, Replay::Live { floor }) => match seq {
+            Some(seq) if *seq <= *floor => Fate::Duplicate,
+            _ => Fate::Write,
+        },
+        (PostMark::Live { seq, id, .. }, Replay::Replaying { replayed, held }) => {
+            if seq.is_some_and(|seq| seq <= *replayed) {
+                return Fate::Duplicate;
+            }
+            if held.len() >= hold_limit {
+                metrics::counter!("linker_connector_channel_hold_full_total").increment(1);
+                return Fate::Skip;
+            }
+            held.push_back(Held {
+                text: text.clone(),
+                id: *id,
+                seq: *seq,
+            });
+            Fate::Held
+        }
     }
-    Fate::Write
 }
 
 /// Carries out a `Post`: the frame goes to each target socket its subscription lets it reach,
-/// never waiting on a socket. The report says which sockets took it.
+/// never waiting on a socket. The report says which sockets took it (a held post counts as
+/// taken: it is written when the replay ends).
 pub(crate) fn post(
     shared: &Shared,
     targets: Vec<Target>,
@@ -181,10 +287,10 @@ pub(crate) fn post(
     mark: &PostMark,
     reply: Option<Replier>,
 ) {
-    metrics::counter!("linker_connector_frames_out_total", "type" => "CHANNEL_MESSAGE", "feature" => feature.label()).increment(targets.len() as u64);
+    metrics::counter!("linker_connector_frames_out_total", "type" => common::frame::outbound_type(frame), "feature" => feature.label()).increment(targets.len() as u64);
     let text = Utf8Bytes::from(frame);
     let mut written = vec![false; targets.len()];
-    let PostMark::Live { id, .. } = mark;
+    let hold_limit = shared.config.outbound_queue;
     for (i, target) in targets.iter().enumerate() {
         let Some(handle) = shared.registry.get(target.socket) else {
             continue;
@@ -192,15 +298,25 @@ pub(crate) fn post(
         if handle.user != target.user {
             continue;
         }
-        match fate(&mut lock(&handle.channels), &handle.user, mark) {
-            Fate::Skip => continue,
-            Fate::Write => {}
-        }
-        if !handle.first_time(id.0.as_u128()) {
-            written[i] = true;
-            continue;
-        }
-        written[i] = queue(shared, &handle, text.clone(), feature);
+        let fate = fate(
+            &mut lock(&handle.channels),
+            &handle.user,
+            mark,
+            &text,
+            hold_limit,
+        );
+        written[i] = match fate {
+            Fate::Skip => false,
+            Fate::Duplicate | Fate::Held => true,
+            Fate::Write => write_once(shared, &handle, text.clone(), mark.id(), feature),
+            Fate::Release(held) => {
+                let ok = queue(shared, &handle, text.clone(), feature);
+                for h in held {
+                    write_once(shared, &handle, h.text, Some(h.id), feature);
+                }
+                ok
+            }
+        };
     }
     if let Some(reply) = reply {
         reply.reply(DeliveryReport {
@@ -208,6 +324,23 @@ pub(crate) fn post(
             acking: Vec::new(),
         });
     }
+}
+
+/// Queues a post unless its id was queued to the socket before (a redelivery).
+fn write_once(
+    shared: &Shared,
+    handle: &SocketHandle,
+    text: Utf8Bytes,
+    id: Option<MessageId>,
+    feature: Feature,
+) -> bool {
+    if let Some(id) = id
+        && !handle.first_time(id.0.as_u128())
+    {
+        metrics::counter!("linker_connector_duplicates_skipped_total").increment(1);
+        return true;
+    }
+    queue(shared, handle, text, feature)
 }
 
 /// Queues a frame for a socket; false if its queue is full (then the slow-reader policy runs).

@@ -709,10 +709,53 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         match joined {
             Ok(Ok(())) => {
                 self.reply(out_membership(true, &channel, reference.as_deref()))
-                    .await
+                    .await;
+                if options.replays() {
+                    self.ask_history(user, channel, options, reference).await;
+                }
             }
             Ok(Err((reason, detail))) => self.refuse(reason, &detail, reference).await,
             Err(e) => self.presence_failed(&e, reference).await,
+        }
+    }
+
+    /// Asks processors for the replay a SUBSCRIBE wants; if it cannot be asked, the held posts
+    /// go out and the client is told.
+    async fn ask_history(
+        &mut self,
+        user: UserId,
+        channel: Channel,
+        options: SubscribeOptions,
+        reference: Option<String>,
+    ) {
+        let body = Body::ChannelHistory {
+            channel: channel.clone(),
+            after: options.after.unwrap_or(0),
+            count: options.history.unwrap_or(u32::MAX),
+        };
+        let envelope = Envelope {
+            id: MessageId::new(),
+            from: user,
+            origin: self.address.clone(),
+            feature: common::frame::Feature::Reliable,
+            reference: reference.clone(),
+            confirm: false,
+            created_at: common::now_millis(),
+            hops: 0,
+            ack: false,
+            body,
+        };
+        if let Err(e) = self.shared.bus.publish(envelope).await {
+            warn!(error = %e, "channel history not asked for");
+            for text in self.memberships.abandon_replay(&channel) {
+                let _ = self.tx.try_send(Outbound {
+                    text,
+                    ticket: None,
+                    numbered: None,
+                });
+            }
+            let frame = out_general_error("BUS_UNAVAILABLE", &e.to_string(), reference.as_deref());
+            self.reply(frame).await;
         }
     }
 
