@@ -115,6 +115,16 @@ pub enum Relayed {
     Close { user: UserId },
     /// The home domain has handled these RELIABLE relays: their origin may forget them.
     Receipt { ids: Vec<MessageId> },
+    /// A post to `channel` by `from` of the envelope, taken by another domain: the home
+    /// domain keeps (numbers) it as its own and writes it to its members.
+    ChannelPost {
+        channel: Channel,
+        /// The post's `content`, JSON text.
+        content: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reference: Option<String>,
+        created_at: u64,
+    },
 }
 
 /// A message as [`StoredMessage`] holds it, for recipients not yet known by name.
@@ -336,6 +346,16 @@ mod tests {
                 home: DomainName::new("domain-03"),
                 via: vec![],
                 what: Relayed::Close { user: to.clone() },
+            })),
+            Body::Relay(Box::new(Relay {
+                home: DomainName::new("domain-02"),
+                via: vec![DomainName::new("domain-01")],
+                what: Relayed::ChannelPost {
+                    channel: Channel::parse("ANZ/general").unwrap(),
+                    content: r#"{"t":1}"#.into(),
+                    reference: Some("r".into()),
+                    created_at: 5,
+                },
             })),
             Body::Relay(Box::new(Relay {
                 home: DomainName::new("domain-01"),

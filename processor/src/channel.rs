@@ -8,6 +8,12 @@
 //! asked for, with a reference) goes out once a kept post was fanned out, or once at least one
 //! socket took a post that is not kept.
 //!
+//! Across domains: the domain that takes a post from a client relays it once to every other
+//! domain of the network (`Relayed::ChannelPost`, RELIABLE through the outbox); each keeps
+//! and numbers it in its own sequence of the channel and writes it to its own members. The
+//! sender is confirmed by the domain that took the post, once it is posted there and the
+//! relays are on their way.
+//!
 //! ChannelHistory (a SUBSCRIBE with `history` or `after`): the kept posts it asks for, oldest
 //! first, to the subscribing socket, then `CHANNEL_HISTORY_COMPLETE`, which ends the hold the
 //! connector keeps on that channel's live posts for the socket.
@@ -17,23 +23,72 @@ use tracing::warn;
 
 use common::channel::Channel;
 use common::config::{ChannelHistory, MAX_CHANNEL_HISTORY};
-use common::envelope::{ConnectorCommand, PostMark, Target};
+use common::envelope::{ConnectorCommand, Envelope, PostMark, Relayed, Target};
 use common::frame::{
     Feature, out_channel_history_complete, out_channel_message, out_general_error,
 };
-use common::ids::SocketAddress;
+use common::ids::{DomainName, SocketAddress};
 use common::store::{ChannelPost, Retention, StoreError};
 
 use crate::deliver::{Meta, by_connector};
 use crate::{ProcessError, Processor};
 
 impl Processor {
+    /// A post taken from a client of this domain: posted here, relayed once to every other
+    /// domain of the network, then confirmed.
     pub(crate) async fn channel_message(
         &self,
         meta: Meta,
         channel: &Channel,
         content: &RawValue,
     ) -> Result<(), ProcessError> {
+        let taken = self.post_here(&meta, channel, content).await?;
+        self.relay_post(&meta, channel, content).await?;
+        if !taken {
+            metrics::counter!("linker_channel_undelivered_total", "feature" => meta.feature.label())
+                .increment(1);
+            return Ok(());
+        }
+        if let Some(confirm) = meta.confirmation() {
+            self.confirm(confirm, meta.id).await?;
+        }
+        Ok(())
+    }
+
+    /// A post another domain took, relayed here: posted to this domain's members, numbered
+    /// in this domain's sequence of the channel. Its sender is confirmed by the domain that
+    /// took it.
+    pub(crate) async fn channel_post_relayed(
+        &self,
+        envelope: &Envelope,
+        channel: &Channel,
+        content: &str,
+        reference: &Option<String>,
+        created_at: u64,
+    ) -> Result<(), ProcessError> {
+        let Ok(content) = RawValue::from_string(content.to_owned()) else {
+            warn!(%channel, id = %envelope.id, "relayed channel post with bad content dropped");
+            return Ok(());
+        };
+        let meta = Meta {
+            id: envelope.id,
+            from: envelope.from.clone(),
+            feature: envelope.feature,
+            reference: reference.clone(),
+            confirm: false,
+            created_at,
+        };
+        self.post_here(&meta, channel, &content).await.map(drop)
+    }
+
+    /// Keeps (if RELIABLE) and writes a post to this domain's members; true if it was kept or
+    /// at least one member socket took it.
+    async fn post_here(
+        &self,
+        meta: &Meta,
+        channel: &Channel,
+        content: &RawValue,
+    ) -> Result<bool, ProcessError> {
         let retention = self.retention(channel);
         let seq = if meta.feature == Feature::Reliable && retention.keep > 0 {
             let post = ChannelPost {
@@ -51,8 +106,8 @@ impl Processor {
         let members = self.presence.members(channel).await?;
         let frame =
             out_channel_message(channel, &meta.from, content, seq, meta.reference.as_deref());
-        let confirm = meta.confirmation();
-        let report = seq.is_none() && (meta.feature == Feature::Reliable || confirm.is_some());
+        let report =
+            seq.is_none() && (meta.feature == Feature::Reliable || meta.confirmation().is_some());
         let mut written = false;
         for (connector, targets) in by_connector(members.iter().map(|(u, s)| (u, s))) {
             let command = ConnectorCommand::Post {
@@ -72,13 +127,35 @@ impl Processor {
                 .iter()
                 .any(|w| *w);
         }
-        if !written && seq.is_none() {
-            metrics::counter!("linker_channel_undelivered_total", "feature" => meta.feature.label())
-                .increment(1);
-            return Ok(());
-        }
-        if let Some(confirm) = confirm {
-            self.confirm(confirm, meta.id).await?;
+        Ok(written || seq.is_some())
+    }
+
+    /// Sends the post once to every other domain of the network (a RELIABLE one through the
+    /// outbox, so it is not lost while a domain is unreachable).
+    async fn relay_post(
+        &self,
+        meta: &Meta,
+        channel: &Channel,
+        content: &RawValue,
+    ) -> Result<(), ProcessError> {
+        let network = self.network.current();
+        let local = network.local_domain().clone();
+        let others: Vec<DomainName> = network
+            .config()
+            .domains
+            .iter()
+            .map(|d| DomainName::new(&d.name))
+            .filter(|d| *d != local)
+            .collect();
+        for home in others {
+            let what = Relayed::ChannelPost {
+                channel: channel.clone(),
+                content: content.get().to_owned(),
+                reference: meta.reference.clone(),
+                created_at: meta.created_at,
+            };
+            self.relay(meta.id, meta.from.clone(), meta.feature, home, what)
+                .await?;
         }
         Ok(())
     }
