@@ -377,3 +377,113 @@ pub(crate) async fn members(
     users.dedup();
     Ok(users)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sub(channel: &Channel, echo: bool, replaying: bool) -> Subscription {
+        Subscription {
+            channel: channel.clone(),
+            echo,
+            replay: if replaying {
+                Replay::Replaying {
+                    replayed: 0,
+                    held: VecDeque::new(),
+                }
+            } else {
+                Replay::Live { floor: 0 }
+            },
+        }
+    }
+
+    fn live(channel: &Channel, from: &UserId, seq: u64) -> PostMark {
+        PostMark::Live {
+            channel: channel.clone(),
+            from: from.clone(),
+            id: MessageId::new(),
+            seq: Some(seq),
+        }
+    }
+
+    fn history(channel: &Channel, from: &UserId, seq: u64) -> PostMark {
+        PostMark::History {
+            channel: channel.clone(),
+            from: from.clone(),
+            id: MessageId::new(),
+            seq,
+        }
+    }
+
+    #[test]
+    fn a_replay_holds_live_posts_and_releases_only_those_it_did_not_contain() {
+        let channel = Channel::parse("ANZ/general").unwrap();
+        let (me, other) = (
+            UserId::parse("ANZ-1").unwrap(),
+            UserId::parse("ANZ-2").unwrap(),
+        );
+        let mut subs = vec![sub(&channel, true, true)];
+        let text = Utf8Bytes::from("frame");
+        let mut decide = |mark: &PostMark| fate(&mut subs, &me, mark, &text, 8);
+        // Live posts during the replay wait, whether or not the replay will hold them too.
+        assert!(matches!(decide(&live(&channel, &other, 7)), Fate::Held));
+        assert!(matches!(decide(&history(&channel, &other, 6)), Fate::Write));
+        assert!(matches!(decide(&history(&channel, &other, 7)), Fate::Write));
+        assert!(matches!(
+            decide(&history(&channel, &other, 7)),
+            Fate::Duplicate
+        ));
+        assert!(matches!(decide(&live(&channel, &other, 8)), Fate::Held));
+        let Fate::Release(held) = decide(&PostMark::HistoryEnd {
+            channel: channel.clone(),
+        }) else {
+            panic!("the end releases the hold");
+        };
+        let released: Vec<_> = held.iter().map(|h| h.seq).collect();
+        assert_eq!(released, [Some(8)], "7 was replayed, 8 was not");
+        // Afterwards: a late copy of a replayed post is dropped, new ones go straight out.
+        assert!(matches!(
+            decide(&live(&channel, &other, 7)),
+            Fate::Duplicate
+        ));
+        assert!(matches!(decide(&live(&channel, &other, 9)), Fate::Write));
+        assert!(matches!(
+            decide(&PostMark::HistoryEnd {
+                channel: channel.clone()
+            }),
+            Fate::Duplicate
+        ));
+    }
+
+    #[test]
+    fn echo_off_skips_own_posts_live_and_replayed_and_a_full_hold_drops() {
+        let channel = Channel::parse("ANZ/general").unwrap();
+        let (me, other) = (
+            UserId::parse("ANZ-1").unwrap(),
+            UserId::parse("ANZ-2").unwrap(),
+        );
+        let text = Utf8Bytes::from("frame");
+        let mut subs = vec![sub(&channel, false, true)];
+        assert!(matches!(
+            fate(&mut subs, &me, &history(&channel, &me, 1), &text, 1),
+            Fate::Skip
+        ));
+        assert!(matches!(
+            fate(&mut subs, &me, &live(&channel, &other, 2), &text, 1),
+            Fate::Held
+        ));
+        assert!(matches!(
+            fate(&mut subs, &me, &live(&channel, &other, 3), &text, 1),
+            Fate::Skip
+        ));
+        assert!(matches!(
+            fate(&mut subs, &me, &live(&channel, &me, 4), &text, 1),
+            Fate::Skip
+        ));
+        let other_channel = Channel::parse("ANZ/other").unwrap();
+        assert!(matches!(
+            fate(&mut subs, &me, &live(&other_channel, &other, 1), &text, 1),
+            Fate::Skip
+        ));
+    }
+}
