@@ -62,6 +62,31 @@ pub struct ClientApp {
     pub auth_cache_seconds: u64,
     #[serde(default)]
     pub user_distributions: Vec<UserDistribution>,
+    /// How many RELIABLE posts of each of the app's channels are kept, and for how long.
+    #[serde(default)]
+    pub channel_history: ChannelHistory,
+}
+
+/// Most posts any channel keeps, whatever the config says.
+pub const MAX_CHANNEL_HISTORY: u64 = 10_000;
+
+/// What each channel of an app keeps for `SUBSCRIBE {history}` and `{after}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ChannelHistory {
+    /// The last `keep` posts (at most [`MAX_CHANNEL_HISTORY`]); 0 keeps none and numbers none.
+    pub keep: u64,
+    /// Posts older than this are not replayed and are dropped.
+    pub max_age_seconds: u64,
+}
+
+impl Default for ChannelHistory {
+    fn default() -> ChannelHistory {
+        ChannelHistory {
+            keep: 100,
+            max_age_seconds: 86_400,
+        }
+    }
 }
 
 /// Users of numbers `from..=to` live on `domain_name`; an absent `to` is open-ended.
@@ -150,6 +175,7 @@ impl NetworkConfig {
                 auth_enabled: false,
                 auth_cache_seconds: 0,
                 user_distributions: vec![],
+                channel_history: ChannelHistory::default(),
             }],
             user_distributions: vec![],
         }

@@ -52,6 +52,8 @@ pub(crate) struct SocketHandle {
     pub ack: bool,
     /// Numbered frames held back while the socket's resume runs (`Some` until it ends).
     pub held: Mutex<Option<VecDeque<(Outbound, u128)>>>,
+    /// The socket's channel subscriptions (shared with its session).
+    pub channels: crate::channels::Subscriptions,
 }
 
 /// How many recent frame ids each socket remembers.
@@ -59,7 +61,7 @@ const RECENT_IDS: usize = 128;
 
 impl SocketHandle {
     /// Records `id` as queued; false if it was queued before (a redelivery).
-    fn first_time(&self, id: u128) -> bool {
+    pub(crate) fn first_time(&self, id: u128) -> bool {
         let mut recent = self
             .recent
             .lock()
@@ -156,6 +158,14 @@ impl Registry {
         if let Some(h) = self.sockets.get(&socket) {
             h.end_resume();
         }
+    }
+
+    /// The socket's handle, if it is still open.
+    pub(crate) fn get(
+        &self,
+        socket: SocketId,
+    ) -> Option<dashmap::mapref::one::Ref<'_, SocketId, SocketHandle>> {
+        self.sockets.get(&socket)
     }
 
     pub fn remove(&self, socket: SocketId) {
@@ -272,6 +282,12 @@ pub(crate) async fn run_commands(
                 },
                 command.reply,
             ),
+            ConnectorCommand::Post {
+                targets,
+                frame,
+                feature,
+                mark,
+            } => crate::channels::post(&shared, targets, &frame, feature, &mark, command.reply),
             ConnectorCommand::Close { targets, reason } => {
                 for t in &targets {
                     if let Some(h) = shared.registry.sockets.get(&t.socket)
@@ -405,7 +421,7 @@ pub(crate) async fn refresh_presence(shared: Arc<Shared>, shutdown: Cancellation
 }
 
 /// Notes a full outbound queue; closes the socket once it has stayed full too long.
-fn slow_reader(shared: &Shared, handle: &SocketHandle) {
+pub(crate) fn slow_reader(shared: &Shared, handle: &SocketHandle) {
     let now = common::now_millis();
     let since = handle.overflow_since.load(Ordering::Relaxed);
     if since == 0 {

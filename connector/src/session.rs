@@ -34,9 +34,9 @@ use tracing::{Instrument, debug, field, info, info_span, warn};
 use common::channel::Channel;
 use common::envelope::{Body, Envelope};
 use common::frame::{
-    ClientBody, ClientFrame, FrameError, Rejected, out_auth_acked, out_auth_reply,
-    out_auth_required, out_auth_wrong_domain, out_channel_presence, out_general_error, out_invalid,
-    out_invalid_reason, out_membership, parse_client_frame,
+    ClientBody, ClientFrame, FrameError, Rejected, SubscribeOptions, out_auth_acked,
+    out_auth_reply, out_auth_required, out_auth_wrong_domain, out_channel_presence,
+    out_general_error, out_invalid, out_invalid_reason, out_membership, parse_client_frame,
 };
 use common::ids::{DomainName, MessageId, SocketAddress, SocketId, UserId};
 use common::presence::PresenceError;
@@ -513,6 +513,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 recent: Mutex::new(VecDeque::new()),
                 ack,
                 held: Mutex::new(ack.then(VecDeque::new)),
+                channels: self.memberships.subscriptions(),
             },
         );
         let reply = if ack {
@@ -667,8 +668,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 }
                 Body::ChannelMessage { channel, content }
             }
-            ClientBody::Subscribe { channel } => {
-                return self.subscribe(user, channel, reference).await;
+            ClientBody::Subscribe { channel, options } => {
+                return self.subscribe(user, channel, options, reference).await;
             }
             ClientBody::Unsubscribe { channel } => {
                 return self.unsubscribe(user, channel, reference).await;
@@ -693,19 +694,68 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         self.start_publish(envelope, true);
     }
 
-    async fn subscribe(&mut self, user: UserId, channel: Channel, reference: Option<String>) {
+    async fn subscribe(
+        &mut self,
+        user: UserId,
+        channel: Channel,
+        options: SubscribeOptions,
+        reference: Option<String>,
+    ) {
         let presence = self.shared.presence.clone();
         let joined = self
             .memberships
-            .join(presence.as_ref(), &user, &self.address, &channel)
+            .join(presence.as_ref(), &user, &self.address, &channel, options)
             .await;
         match joined {
             Ok(Ok(())) => {
                 self.reply(out_membership(true, &channel, reference.as_deref()))
-                    .await
+                    .await;
+                if options.replays() {
+                    self.ask_history(user, channel, options, reference).await;
+                }
             }
             Ok(Err((reason, detail))) => self.refuse(reason, &detail, reference).await,
             Err(e) => self.presence_failed(&e, reference).await,
+        }
+    }
+
+    /// Asks processors for the replay a SUBSCRIBE wants; if it cannot be asked, the held posts
+    /// go out and the client is told.
+    async fn ask_history(
+        &mut self,
+        user: UserId,
+        channel: Channel,
+        options: SubscribeOptions,
+        reference: Option<String>,
+    ) {
+        let body = Body::ChannelHistory {
+            channel: channel.clone(),
+            after: options.after.unwrap_or(0),
+            count: options.history.unwrap_or(u32::MAX),
+        };
+        let envelope = Envelope {
+            id: MessageId::new(),
+            from: user,
+            origin: self.address.clone(),
+            feature: common::frame::Feature::Reliable,
+            reference: reference.clone(),
+            confirm: false,
+            created_at: common::now_millis(),
+            hops: 0,
+            ack: false,
+            body,
+        };
+        if let Err(e) = self.shared.bus.publish(envelope).await {
+            warn!(error = %e, "channel history not asked for");
+            for text in self.memberships.abandon_replay(&channel) {
+                let _ = self.tx.try_send(Outbound {
+                    text,
+                    ticket: None,
+                    numbered: None,
+                });
+            }
+            let frame = out_general_error("BUS_UNAVAILABLE", &e.to_string(), reference.as_deref());
+            self.reply(frame).await;
         }
     }
 

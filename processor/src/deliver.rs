@@ -564,9 +564,9 @@ pub(crate) fn by_connector<'a>(
 /// How many sockets a command is for.
 fn command_targets(command: &ConnectorCommand) -> usize {
     match command {
-        ConnectorCommand::Deliver { targets, .. } | ConnectorCommand::Close { targets, .. } => {
-            targets.len()
-        }
+        ConnectorCommand::Deliver { targets, .. }
+        | ConnectorCommand::Close { targets, .. }
+        | ConnectorCommand::Post { targets, .. } => targets.len(),
     }
 }
 
