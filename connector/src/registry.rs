@@ -33,7 +33,9 @@ pub(crate) struct Outbound {
     pub text: Utf8Bytes,
     pub ticket: Option<Ticket>,
     /// For an acking socket: the frame's number and id, remembered once written until acked.
-    pub numbered: Option<(u64, MessageId)>,
+    /// Boxed: every socket's queue reserves room for 32 of these from the start, and only an
+    /// acking socket's RELIABLE frames (already a string of their own) carry a number.
+    pub numbered: Option<Box<(u64, MessageId)>>,
 }
 
 /// How the registry reaches one authenticated socket.
@@ -368,7 +370,7 @@ fn deliver(shared: &Shared, targets: Vec<Target>, d: Delivery, reply: Option<Rep
                     _ => continue, // needs its number first: reported unwritten and acking
                 };
                 out.text = Utf8Bytes::from(with_seq(&d.frame, seq, id));
-                out.numbered = Some((seq, id));
+                out.numbered = Some(Box::new((seq, id)));
                 if live {
                     let limit = shared.config.outbound_queue;
                     let Some(o) = handle.hold(out, id.0.as_u128(), limit) else {

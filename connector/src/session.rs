@@ -159,8 +159,13 @@ async fn session<S>(
             Err(not_found)
         }
     };
-    let handshake =
-        tokio_tungstenite::accept_hdr_async_with_config(stream, only_ws_path, Some(ws_config));
+    // Boxed, like the other once-per-socket steps (authentication, channel frames, the end):
+    // the task of every idle socket would otherwise keep room for their state all its life.
+    let handshake = Box::pin(tokio_tungstenite::accept_hdr_async_with_config(
+        stream,
+        only_ws_path,
+        Some(ws_config),
+    ));
     let ws = match timeout_at(deadline, handshake).await {
         Ok(Ok(ws)) => ws,
         Ok(Err(e)) => {
@@ -186,7 +191,8 @@ async fn session<S>(
         bad_frames: 0,
         close: CancellationToken::new(),
         close_reason: Arc::new(Mutex::new(None)),
-        tickets: Vec::with_capacity(MAX_BATCH),
+        // Allocated by the first batch with tickets: an idle socket holds none.
+        tickets: Vec::new(),
         bucket: TokenBucket::new(config.max_frames_per_sec, config.frame_burst),
         overflow_since: Arc::new(AtomicU64::new(0)),
         last_seen: Instant::now(),
@@ -204,7 +210,7 @@ async fn session<S>(
         )
         .await;
     }
-    s.finish().await;
+    Box::pin(s.finish()).await;
     drop(admitted);
 }
 
@@ -362,7 +368,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         while let Some(out) = next.take() {
             self.sink.feed(Message::Text(out.text)).await?;
             self.tickets.extend(out.ticket);
-            if let Some((seq, id)) = out.numbered {
+            if let Some(numbered) = out.numbered {
+                let (seq, id) = *numbered;
                 self.unacked.written(seq, id);
             }
             count += 1;
@@ -417,10 +424,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     token,
                     ack,
                 },
-            ) => {
-                self.authenticate(&app_id, &user_id, token.as_deref(), ack)
-                    .await
-            }
+            ) => Box::pin(self.authenticate(&app_id, &user_id, token.as_deref(), ack)).await,
             (None, _) => {
                 self.reply(out_auth_required(frame.reference.as_deref()))
                     .await;
@@ -669,13 +673,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 Body::ChannelMessage { channel, content }
             }
             ClientBody::Subscribe { channel, options } => {
-                return self.subscribe(user, channel, options, reference).await;
+                return Box::pin(self.subscribe(user, channel, options, reference)).await;
             }
             ClientBody::Unsubscribe { channel } => {
-                return self.unsubscribe(user, channel, reference).await;
+                return Box::pin(self.unsubscribe(user, channel, reference)).await;
             }
             ClientBody::ChannelPresence { channel } => {
-                return self.channel_presence(user, channel, reference).await;
+                return Box::pin(self.channel_presence(user, channel, reference)).await;
             }
             ClientBody::AuthClient { .. } => return,
         };
