@@ -8,6 +8,8 @@
 //! message id to sequence makes `persist` idempotent and `remove` direct. A per-user count is
 //! kept in the same transaction, which is what the per-user bound checks.
 //!
+//! Channel history lives in the same file (`embedded_channels`), written by the same writer.
+//!
 //! Writes go through one writer thread that commits every pending write in one transaction
 //! (group commit): one fsync covers many messages under load, and `persist` returns only once
 //! its transaction is on disk.
@@ -19,9 +21,14 @@ use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::{mpsc, oneshot};
 
+use common::channel::Channel;
 use common::envelope::StoredMessage;
 use common::ids::{MessageId, UserId};
-use common::store::{Fetched, Kept, Persisted, Store, StoreError};
+use common::store::{
+    ChannelPost, Fetched, Kept, Numbered, Persisted, Retention, Store, StoreError,
+};
+
+use crate::embedded_channels::{self, ChannelTables, PostWrite};
 
 const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("messages");
 const IDS: TableDefinition<(&str, u128), u64> = TableDefinition::new("ids");
@@ -38,6 +45,8 @@ enum Write {
     Persist(StoredMessage, u64, Reply),
     Remove(UserId, MessageId, Reply),
     Confirmed(UserId, MessageId, Reply),
+    /// A channel post; answered `Kept(its number)`.
+    Post(Box<PostWrite>, Reply),
 }
 
 pub struct EmbeddedStore {
@@ -72,6 +81,12 @@ impl EmbeddedStore {
         txn.open_table(MESSAGES).map_err(unavailable)?;
         txn.open_table(IDS).map_err(unavailable)?;
         txn.open_table(COUNTS).map_err(unavailable)?;
+        txn.open_table(embedded_channels::POSTS)
+            .map_err(unavailable)?;
+        txn.open_table(embedded_channels::POST_IDS)
+            .map_err(unavailable)?;
+        txn.open_table(embedded_channels::LAST_SEQ)
+            .map_err(unavailable)?;
         let next_seq = txn
             .open_table(META)
             .map_err(unavailable)?
@@ -122,7 +137,8 @@ fn writer(db: Arc<Database>, mut rx: mpsc::Receiver<Write>, mut next_seq: u64) {
             let reply = match w {
                 Write::Persist(_, _, reply)
                 | Write::Remove(_, _, reply)
-                | Write::Confirmed(_, _, reply) => reply,
+                | Write::Confirmed(_, _, reply)
+                | Write::Post(_, reply) => reply,
             };
             let _ = reply.send(results.as_ref().map(|r| r[i]).map_err(Clone::clone));
         }
@@ -138,6 +154,17 @@ fn apply(db: &Database, batch: &[Write], next_seq: &mut u64) -> Result<Vec<Persi
         let mut messages = txn.open_table(MESSAGES).map_err(unavailable)?;
         let mut ids = txn.open_table(IDS).map_err(unavailable)?;
         let mut counts = txn.open_table(COUNTS).map_err(unavailable)?;
+        let mut channels = ChannelTables {
+            posts: txn
+                .open_table(embedded_channels::POSTS)
+                .map_err(unavailable)?,
+            ids: txn
+                .open_table(embedded_channels::POST_IDS)
+                .map_err(unavailable)?,
+            last: txn
+                .open_table(embedded_channels::LAST_SEQ)
+                .map_err(unavailable)?,
+        };
         for w in batch {
             answers.push(Persisted::Kept(0));
             match w {
@@ -181,6 +208,10 @@ fn apply(db: &Database, batch: &[Write], next_seq: &mut u64) -> Result<Vec<Persi
                     {
                         bump(&mut counts, user.as_str(), -1)?;
                     }
+                }
+                Write::Post(post, _) => {
+                    let seq = channels.post(post)?;
+                    *answers.last_mut().expect("pushed above") = Persisted::Kept(seq);
                 }
                 Write::Confirmed(user, id, _) => {
                     let Some(seq) = ids
@@ -300,6 +331,45 @@ impl Store for EmbeddedStore {
         self.write(|reply| Write::Confirmed(user, id, reply))
             .await
             .map(drop)
+    }
+
+    async fn post(
+        &self,
+        channel: &Channel,
+        post: &ChannelPost,
+        retention: Retention,
+        now: u64,
+    ) -> Result<u64, StoreError> {
+        let write = Box::new(PostWrite {
+            channel: channel.clone(),
+            post: post.clone(),
+            retention,
+            now,
+        });
+        match self.write(|reply| Write::Post(write, reply)).await? {
+            Persisted::Kept(seq) => Ok(seq),
+            Persisted::Full => Err(unavailable("a channel post is never refused as full")),
+        }
+    }
+
+    async fn history(
+        &self,
+        channel: &Channel,
+        after: u64,
+        limit: usize,
+        since: u64,
+    ) -> Result<Vec<Numbered>, StoreError> {
+        let db = self.db.clone();
+        let channel = channel.clone();
+        tokio::task::spawn_blocking(move || {
+            let txn = db.begin_read().map_err(unavailable)?;
+            let posts = txn
+                .open_table(embedded_channels::POSTS)
+                .map_err(unavailable)?;
+            embedded_channels::history(&posts, &channel, after, limit, since)
+        })
+        .await
+        .map_err(unavailable)?
     }
 }
 

@@ -3,9 +3,11 @@
 //! Layout:
 //! - [`memory_bus`]: the in-process bus of `linker domain` (FAST and RELIABLE in memory).
 //! - [`memory_presence`]: in-process presence and per-user locks.
-//! - [`embedded_store`]: the crash-safe embedded store (redb) under `./data`.
+//! - [`embedded_store`]: the crash-safe embedded store (redb) under `./data`, with
+//!   `embedded_channels`: the channel history it keeps in the same file.
 //! - [`redis_presence`]: split-mode presence, locks and processed marks on Redis.
-//! - [`mongo_store`]: split-mode store of undelivered messages on MongoDB.
+//! - [`mongo_store`]: split-mode store of undelivered messages on MongoDB, with
+//!   `mongo_channels`: the channel history it keeps.
 //! - [`split_bus`]: the split-mode bus, [`SplitBus`], composed of
 //!   - `nats_bus`: FAST envelopes and connector commands on NATS,
 //!   - `kafka_bus`: RELIABLE envelopes on Kafka, committed as processors acknowledge,
@@ -13,10 +15,12 @@
 //!
 //! Nothing outside this crate names an engine.
 
+mod embedded_channels;
 pub mod embedded_store;
 mod kafka_bus;
 pub mod memory_bus;
 pub mod memory_presence;
+mod mongo_channels;
 pub mod mongo_store;
 mod nats_bus;
 pub mod offset_tracker;

@@ -5,7 +5,7 @@
 //! (the test engine) runs it as a read then a write, so two writers can draw the same number.
 //! So that a user's numbers are never reused, removing the user's highest-numbered message
 //! leaves a `gone` tombstone (no frame) in its place, which reads skip and the next removal of
-//! a highest message clears.
+//! a highest message clears. Channel history is in `mongo_channels`, numbered the same way.
 
 use std::time::Duration;
 
@@ -16,9 +16,14 @@ use mongodb::options::{ClientOptions, IndexOptions};
 use mongodb::{Client, Collection, IndexModel};
 use serde::{Deserialize, Serialize};
 
+use common::channel::Channel;
 use common::envelope::{Confirm, StoredMessage};
 use common::ids::{MessageId, UserId};
-use common::store::{Fetched, Kept, Persisted, Store, StoreError};
+use common::store::{
+    ChannelPost, Fetched, Kept, Numbered, Persisted, Retention, Store, StoreError,
+};
+
+use crate::mongo_channels::MongoChannels;
 
 /// How long one store call (all its round trips) may take before it fails with `Unavailable`.
 pub const OPERATION_TIMEOUT: Duration = Duration::from_secs(5);
@@ -26,7 +31,7 @@ pub const OPERATION_TIMEOUT: Duration = Duration::from_secs(5);
 /// `serverSelectionTimeoutMS` takes precedence.
 pub const SERVER_SELECTION_TIMEOUT: Duration = Duration::from_secs(2);
 /// Most times a persist retries after losing the race for a `seq` to another writer.
-const MAX_SEQ_ATTEMPTS: usize = 64;
+pub(crate) const MAX_SEQ_ATTEMPTS: usize = 64;
 const DUPLICATE_KEY: i32 = 11000;
 
 /// A stored message as it lies in the collection; fields readable by an operator.
@@ -113,14 +118,15 @@ impl MessageDoc {
 
 pub struct MongoStore {
     messages: Collection<MessageDoc>,
+    channels: MongoChannels,
     timeout: Duration,
 }
 
-fn unavailable(e: impl std::fmt::Display) -> StoreError {
+pub(crate) fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(format!("mongodb: {e}"))
 }
 
-fn is_duplicate_key(e: &MongoError) -> bool {
+pub(crate) fn is_duplicate_key(e: &MongoError) -> bool {
     match &*e.kind {
         ErrorKind::Write(WriteFailure::WriteError(w)) => w.code == DUPLICATE_KEY,
         ErrorKind::Command(c) => c.code == DUPLICATE_KEY,
@@ -142,8 +148,13 @@ impl MongoStore {
             .get_or_insert(SERVER_SELECTION_TIMEOUT);
         options.app_name.get_or_insert_with(|| "linker".to_owned());
         let client = Client::with_options(options).map_err(unavailable)?;
+        let db = client.database(database);
+        let channels = tokio::time::timeout(OPERATION_TIMEOUT, MongoChannels::open(&db))
+            .await
+            .unwrap_or_else(|_| Err(unavailable("no answer creating the channel index")))?;
         let store = MongoStore {
-            messages: client.database(database).collection("messages"),
+            messages: db.collection("messages"),
+            channels,
             timeout: OPERATION_TIMEOUT,
         };
         let order = IndexModel::builder()
@@ -342,6 +353,28 @@ impl Store for MongoStore {
                 .map_err(unavailable)
         })
         .await
+    }
+
+    async fn post(
+        &self,
+        channel: &Channel,
+        post: &ChannelPost,
+        retention: Retention,
+        now: u64,
+    ) -> Result<u64, StoreError> {
+        self.bounded(self.channels.post(channel, post, retention, now))
+            .await
+    }
+
+    async fn history(
+        &self,
+        channel: &Channel,
+        after: u64,
+        limit: usize,
+        since: u64,
+    ) -> Result<Vec<Numbered>, StoreError> {
+        self.bounded(self.channels.history(channel, after, limit, since))
+            .await
     }
 
     async fn ready(&self) -> Result<(), StoreError> {

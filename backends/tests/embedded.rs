@@ -20,6 +20,15 @@ async fn embedded_store_keeps_the_store_contract() {
 }
 
 #[tokio::test]
+async fn embedded_store_keeps_the_channel_history_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    contracts::channel_history_contract(&store, &store)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
 async fn memory_presence_keeps_the_presence_contract() {
     contracts::presence_contract(&MemoryPresence::new(), true)
         .await

@@ -62,6 +62,14 @@ async fn frames(store: &MongoStore, user: &UserId) -> Vec<String> {
 }
 
 #[tokio::test]
+async fn mongo_store_keeps_the_channel_history_contract() {
+    let db = Database::fresh("channels");
+    let (a, b) = (db.store().await, db.store().await);
+    contracts::channel_history_contract(&a, &b).await.unwrap();
+    db.drop().await;
+}
+
+#[tokio::test]
 async fn mongo_store_keeps_the_store_contract() {
     let db = Database::fresh("contract");
     contracts::store_contract(&db.store().await).await.unwrap();

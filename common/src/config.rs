@@ -65,6 +65,9 @@ pub struct ClientApp {
     /// Who may create, join and post to the app's channels.
     #[serde(default)]
     pub channels: ChannelRules,
+    /// How many RELIABLE posts of each of the app's channels are kept, and for how long.
+    #[serde(default)]
+    pub channel_history: ChannelHistory,
 }
 
 /// The channel rules of one client app (`channels:` in its entry).
@@ -85,6 +88,28 @@ pub enum ChannelPolicy {
     Open,
     #[default]
     Managed,
+}
+
+/// Most posts any channel keeps, whatever the config says.
+pub const MAX_CHANNEL_HISTORY: u64 = 10_000;
+
+/// What each channel of an app keeps for `SUBSCRIBE {history}` and `{after}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ChannelHistory {
+    /// The last `keep` posts (at most [`MAX_CHANNEL_HISTORY`]); 0 keeps none and numbers none.
+    pub keep: u64,
+    /// Posts older than this are not replayed and are dropped.
+    pub max_age_seconds: u64,
+}
+
+impl Default for ChannelHistory {
+    fn default() -> ChannelHistory {
+        ChannelHistory {
+            keep: 100,
+            max_age_seconds: 86_400,
+        }
+    }
 }
 
 /// Users of numbers `from..=to` live on `domain_name`; an absent `to` is open-ended.
@@ -178,6 +203,7 @@ impl NetworkConfig {
                 channels: ChannelRules {
                     policy: ChannelPolicy::Open,
                 },
+                channel_history: ChannelHistory::default(),
             }],
             user_distributions: vec![],
         }

@@ -81,6 +81,13 @@ pub enum Body {
     },
     /// `from` logged in an acking socket on `origin`: resend what is kept for them.
     Resume,
+    /// `origin` subscribed to `channel` asking for a replay: the newest `count` kept posts
+    /// numbered above `after`, then the end of the replay.
+    ChannelHistory {
+        channel: Channel,
+        after: u64,
+        count: u32,
+    },
     /// Work for users of another domain, on its way there over domain links.
     Relay(Box<Relay>),
 }
@@ -108,6 +115,16 @@ pub enum Relayed {
     Close { user: UserId },
     /// The home domain has handled these RELIABLE relays: their origin may forget them.
     Receipt { ids: Vec<MessageId> },
+    /// A post to `channel` by `from` of the envelope, taken by another domain: the home
+    /// domain keeps (numbers) it as its own and writes it to its members.
+    ChannelPost {
+        channel: Channel,
+        /// The post's `content`, JSON text.
+        content: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reference: Option<String>,
+        created_at: u64,
+    },
 }
 
 /// A message as [`StoredMessage`] holds it, for recipients not yet known by name.
@@ -164,6 +181,55 @@ pub enum ConnectorCommand {
         targets: Vec<Target>,
         reason: String,
     },
+    /// Write a channel frame to member sockets; the connector applies each socket's
+    /// subscription to it (echo, and the hold while a history replay runs).
+    Post {
+        targets: Vec<Target>,
+        frame: String,
+        feature: Feature,
+        mark: PostMark,
+    },
+}
+
+/// What a channel frame in a `Post` is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "mark", rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum PostMark {
+    /// A post as it happens; `seq` if the channel keeps it (RELIABLE).
+    Live {
+        channel: Channel,
+        from: UserId,
+        id: MessageId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seq: Option<u64>,
+    },
+    /// A kept post replayed for one socket's SUBSCRIBE, oldest first.
+    History {
+        channel: Channel,
+        from: UserId,
+        id: MessageId,
+        seq: u64,
+    },
+    /// The end of that replay: live posts held back meanwhile may now be written.
+    HistoryEnd { channel: Channel },
+}
+
+impl PostMark {
+    pub fn channel(&self) -> &Channel {
+        match self {
+            PostMark::Live { channel, .. }
+            | PostMark::History { channel, .. }
+            | PostMark::HistoryEnd { channel } => channel,
+        }
+    }
+
+    /// The post's message id (none for the end of a replay).
+    pub fn id(&self) -> Option<MessageId> {
+        match self {
+            PostMark::Live { id, .. } | PostMark::History { id, .. } => Some(*id),
+            PostMark::HistoryEnd { .. } => None,
+        }
+    }
 }
 
 /// What a `Deliver` means to an acking socket.
@@ -282,6 +348,16 @@ mod tests {
                 what: Relayed::Close { user: to.clone() },
             })),
             Body::Relay(Box::new(Relay {
+                home: DomainName::new("domain-02"),
+                via: vec![DomainName::new("domain-01")],
+                what: Relayed::ChannelPost {
+                    channel: Channel::parse("ANZ/general").unwrap(),
+                    content: r#"{"t":1}"#.into(),
+                    reference: Some("r".into()),
+                    created_at: 5,
+                },
+            })),
+            Body::Relay(Box::new(Relay {
                 home: DomainName::new("domain-01"),
                 via: vec![DomainName::new("domain-03")],
                 what: Relayed::Receipt {
@@ -292,6 +368,11 @@ mod tests {
                 ids: vec![MessageId::new()],
             },
             Body::Resume,
+            Body::ChannelHistory {
+                channel: Channel::parse("ANZ/general").unwrap(),
+                after: 3,
+                count: 10,
+            },
         ];
         for body in bodies {
             let e = envelope(body);

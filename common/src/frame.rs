@@ -46,6 +46,7 @@ pub enum MessageType {
     ChannelAdded,
     ChannelRemove,
     ChannelRemoved,
+    ChannelHistoryComplete,
     // Internal types of the original system: known, so a client sending one is told it is
     // forbidden rather than unknown.
     Any,
@@ -56,7 +57,7 @@ pub enum MessageType {
 }
 
 impl MessageType {
-    const ALL: [MessageType; 31] = [
+    const ALL: [MessageType; 32] = [
         MessageType::AuthClient,
         MessageType::AuthClientReply,
         MessageType::AuthRequired,
@@ -83,6 +84,7 @@ impl MessageType {
         MessageType::ChannelAdded,
         MessageType::ChannelRemove,
         MessageType::ChannelRemoved,
+        MessageType::ChannelHistoryComplete,
         MessageType::Any,
         MessageType::GroupConnectorMessage,
         MessageType::MessageStateChanged,
@@ -119,6 +121,7 @@ impl MessageType {
             MessageType::ChannelAdded => "CHANNEL_ADDED",
             MessageType::ChannelRemove => "CHANNEL_REMOVE",
             MessageType::ChannelRemoved => "CHANNEL_REMOVED",
+            MessageType::ChannelHistoryComplete => "CHANNEL_HISTORY_COMPLETE",
             MessageType::Any => "ANY",
             MessageType::GroupConnectorMessage => "GROUP_CONNECTOR_MESSAGE",
             MessageType::MessageStateChanged => "MESSAGE_STATE_CHANGED",
@@ -313,6 +316,7 @@ pub enum ClientBody {
     },
     Subscribe {
         channel: Channel,
+        options: SubscribeOptions,
     },
     Unsubscribe {
         channel: Channel,
@@ -331,6 +335,24 @@ pub enum ClientBody {
         channel: Channel,
         user_id: UserId,
     },
+}
+
+/// What a SUBSCRIBE asks for beyond the membership.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubscribeOptions {
+    /// The subscribing socket gets its own user's posts (default true).
+    pub echo: bool,
+    /// Replay up to this many of the newest kept posts first.
+    pub history: Option<u32>,
+    /// Replay the kept posts numbered above this first (a resume).
+    pub after: Option<u64>,
+}
+
+impl SubscribeOptions {
+    /// True if the subscription starts with a replay of kept posts.
+    pub fn replays(&self) -> bool {
+        self.history.is_some() || self.after.is_some()
+    }
 }
 
 impl ClientBody {
@@ -465,6 +487,12 @@ struct RawData<'a> {
     ids: Option<&'a RawValue>,
     #[serde(borrow, default)]
     channel: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    echo: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    history: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    after: Option<&'a RawValue>,
 }
 
 /// Why text that starts like an object did not read as a frame. Every key of `RawFrame` takes
@@ -569,6 +597,7 @@ fn parse_body(
         MessageType::Ack => ack_body(&data),
         MessageType::Subscribe => Ok(ClientBody::Subscribe {
             channel: channel(data.channel)?,
+            options: subscribe_options(&data)?,
         }),
         MessageType::Unsubscribe => Ok(ClientBody::Unsubscribe {
             channel: channel(data.channel)?,
@@ -616,6 +645,24 @@ fn ack_body(data: &RawData<'_>) -> Result<ClientBody, FrameError> {
         return Err(FrameError::MissingField("upTo"));
     }
     Ok(ClientBody::Ack { up_to, ids })
+}
+
+/// `SUBSCRIBE`'s `echo`, and `history` or `after` (not both).
+fn subscribe_options(data: &RawData<'_>) -> Result<SubscribeOptions, FrameError> {
+    const COUNT: &str = "must be a non-negative integer";
+    let history = optional::<u64>(data.history, "history", COUNT)?;
+    let after = optional::<u64>(data.after, "after", COUNT)?;
+    if history.is_some() && after.is_some() {
+        return Err(FrameError::InvalidField {
+            field: "after",
+            expected: "must not be given with history",
+        });
+    }
+    Ok(SubscribeOptions {
+        echo: optional::<bool>(data.echo, "echo", "must be a boolean")?.unwrap_or(true),
+        history: history.map(|n| n.min(u32::MAX as u64) as u32),
+        after,
+    })
 }
 
 fn channel(raw: Option<&RawValue>) -> Result<Channel, FrameError> {
@@ -867,11 +914,13 @@ pub fn out_channel_member(
     write(kind, member, reference)
 }
 
-/// `CHANNEL_MESSAGE {channel, from, content}` with the sender's reference at top level.
+/// `CHANNEL_MESSAGE {channel, from, content, seq?}` with the sender's reference at top level;
+/// `seq` is the post's number in the channel, for posts the channel keeps.
 pub fn out_channel_message(
     channel: &Channel,
     from: &UserId,
     content: &RawValue,
+    seq: Option<u64>,
     reference: Option<&str>,
 ) -> String {
     #[derive(Serialize)]
@@ -879,6 +928,8 @@ pub fn out_channel_message(
         channel: &'a str,
         from: &'a str,
         content: &'a RawValue,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        seq: Option<u64>,
     }
     write(
         MessageType::ChannelMessage,
@@ -886,6 +937,33 @@ pub fn out_channel_message(
             channel: channel.as_str(),
             from: from.as_str(),
             content,
+            seq,
+        },
+        reference,
+    )
+}
+
+/// `CHANNEL_HISTORY_COMPLETE {channel, replayed, lastSeq}`: the replay a SUBSCRIBE asked for
+/// is over; `lastSeq` is the number of the last post replayed (0 if none).
+pub fn out_channel_history_complete(
+    channel: &Channel,
+    replayed: u64,
+    last_seq: u64,
+    reference: Option<&str>,
+) -> String {
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Complete<'a> {
+        channel: &'a str,
+        replayed: u64,
+        last_seq: u64,
+    }
+    write(
+        MessageType::ChannelHistoryComplete,
+        Complete {
+            channel: channel.as_str(),
+            replayed,
+            last_seq,
         },
         reference,
     )
@@ -1215,7 +1293,46 @@ mod tests {
         let sub = r#"{"type":"SUBSCRIBE","data":{"channel":"ANZ/general"}}"#;
         assert!(matches!(
             parse(sub).unwrap().body,
-            ClientBody::Subscribe { .. }
+            ClientBody::Subscribe {
+                options: SubscribeOptions {
+                    echo: true,
+                    history: None,
+                    after: None
+                },
+                ..
+            }
+        ));
+        let quiet = r#"{"type":"SUBSCRIBE","data":{"channel":"ANZ/general","echo":false}}"#;
+        assert!(matches!(
+            parse(quiet).unwrap().body,
+            ClientBody::Subscribe {
+                options: SubscribeOptions { echo: false, .. },
+                ..
+            }
+        ));
+        let replay = r#"{"type":"SUBSCRIBE","data":{"channel":"ANZ/general","history":20}}"#;
+        assert!(matches!(
+            parse(replay).unwrap().body,
+            ClientBody::Subscribe {
+                options: SubscribeOptions {
+                    history: Some(20),
+                    after: None,
+                    ..
+                },
+                ..
+            }
+        ));
+        let resume = r#"{"type":"SUBSCRIBE","data":{"channel":"ANZ/general","after":7}}"#;
+        assert!(matches!(
+            parse(resume).unwrap().body,
+            ClientBody::Subscribe {
+                options: SubscribeOptions {
+                    history: None,
+                    after: Some(7),
+                    ..
+                },
+                ..
+            }
         ));
         let long = format!(
             r#"{{"type":"SUBSCRIBE","data":{{"channel":"ANZ/{}"}}}}"#,
@@ -1223,6 +1340,18 @@ mod tests {
         );
         for (text, reason) in [
             (r#"{"type":"SUBSCRIBE","data":{}}"#, "MISSING_FIELD"),
+            (
+                r#"{"type":"SUBSCRIBE","data":{"channel":"ANZ/g","echo":"no"}}"#,
+                "INVALID_FIELD",
+            ),
+            (
+                r#"{"type":"SUBSCRIBE","data":{"channel":"ANZ/g","history":-1}}"#,
+                "INVALID_FIELD",
+            ),
+            (
+                r#"{"type":"SUBSCRIBE","data":{"channel":"ANZ/g","history":2,"after":1}}"#,
+                "INVALID_FIELD",
+            ),
             (
                 r#"{"type":"SUBSCRIBE","data":{"channel":5}}"#,
                 "INVALID_FIELD",

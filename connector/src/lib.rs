@@ -123,7 +123,7 @@ impl Default for Config {
             max_group_size: 1000,
             max_fetch_count: 2000,
             allow_cross_app: false,
-            read_buffer_bytes: 4096,
+            read_buffer_bytes: 2048,
             presence_refresh_ms: 10_000,
             auth_callback_timeout_ms: 5_000,
             auth_callback_max_in_flight: 256,

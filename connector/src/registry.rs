@@ -33,7 +33,9 @@ pub(crate) struct Outbound {
     pub text: Utf8Bytes,
     pub ticket: Option<Ticket>,
     /// For an acking socket: the frame's number and id, remembered once written until acked.
-    pub numbered: Option<(u64, MessageId)>,
+    /// Boxed: every socket's queue reserves room for 32 of these from the start, and only an
+    /// acking socket's RELIABLE frames (already a string of their own) carry a number.
+    pub numbered: Option<Box<(u64, MessageId)>>,
 }
 
 /// How the registry reaches one authenticated socket.
@@ -52,6 +54,8 @@ pub(crate) struct SocketHandle {
     pub ack: bool,
     /// Numbered frames held back while the socket's resume runs (`Some` until it ends).
     pub held: Mutex<Option<VecDeque<(Outbound, u128)>>>,
+    /// The socket's channel subscriptions (shared with its session).
+    pub channels: crate::channels::Subscriptions,
 }
 
 /// How many recent frame ids each socket remembers.
@@ -59,7 +63,7 @@ const RECENT_IDS: usize = 128;
 
 impl SocketHandle {
     /// Records `id` as queued; false if it was queued before (a redelivery).
-    fn first_time(&self, id: u128) -> bool {
+    pub(crate) fn first_time(&self, id: u128) -> bool {
         let mut recent = self
             .recent
             .lock()
@@ -156,6 +160,14 @@ impl Registry {
         if let Some(h) = self.sockets.get(&socket) {
             h.end_resume();
         }
+    }
+
+    /// The socket's handle, if it is still open.
+    pub(crate) fn get(
+        &self,
+        socket: SocketId,
+    ) -> Option<dashmap::mapref::one::Ref<'_, SocketId, SocketHandle>> {
+        self.sockets.get(&socket)
     }
 
     pub fn remove(&self, socket: SocketId) {
@@ -272,6 +284,12 @@ pub(crate) async fn run_commands(
                 },
                 command.reply,
             ),
+            ConnectorCommand::Post {
+                targets,
+                frame,
+                feature,
+                mark,
+            } => crate::channels::post(&shared, targets, &frame, feature, &mark, command.reply),
             ConnectorCommand::Close { targets, reason } => {
                 for t in &targets {
                     if let Some(h) = shared.registry.sockets.get(&t.socket)
@@ -352,7 +370,7 @@ fn deliver(shared: &Shared, targets: Vec<Target>, d: Delivery, reply: Option<Rep
                     _ => continue, // needs its number first: reported unwritten and acking
                 };
                 out.text = Utf8Bytes::from(with_seq(&d.frame, seq, id));
-                out.numbered = Some((seq, id));
+                out.numbered = Some(Box::new((seq, id)));
                 if live {
                     let limit = shared.config.outbound_queue;
                     let Some(o) = handle.hold(out, id.0.as_u128(), limit) else {
@@ -405,7 +423,7 @@ pub(crate) async fn refresh_presence(shared: Arc<Shared>, shutdown: Cancellation
 }
 
 /// Notes a full outbound queue; closes the socket once it has stayed full too long.
-fn slow_reader(shared: &Shared, handle: &SocketHandle) {
+pub(crate) fn slow_reader(shared: &Shared, handle: &SocketHandle) {
     let now = common::now_millis();
     let since = handle.overflow_since.load(Ordering::Relaxed);
     if since == 0 {

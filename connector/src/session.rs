@@ -36,9 +36,10 @@ use tracing::{Instrument, debug, field, info, info_span, warn};
 use common::channel::Channel;
 use common::envelope::{Body, Envelope};
 use common::frame::{
-    ClientBody, ClientFrame, FrameError, Rejected, out_auth_acked, out_auth_reply,
-    out_auth_required, out_auth_wrong_domain, out_channel_member, out_channel_presence,
-    out_general_error, out_invalid, out_invalid_reason, out_membership, parse_client_frame,
+    ClientBody, ClientFrame, FrameError, Rejected, SubscribeOptions, out_auth_acked,
+    out_auth_reply, out_auth_required, out_auth_wrong_domain, out_channel_member,
+    out_channel_presence, out_general_error, out_invalid, out_invalid_reason, out_membership,
+    parse_client_frame,
 };
 use common::ids::{DomainName, MessageId, SocketAddress, SocketId, UserId};
 use common::presence::PresenceError;
@@ -168,8 +169,13 @@ async fn session<S>(
             Err(not_found)
         }
     };
-    let handshake =
-        tokio_tungstenite::accept_hdr_async_with_config(stream, only_ws_path, Some(ws_config));
+    // Boxed, like the other once-per-socket steps (authentication, channel frames, the end):
+    // the task of every idle socket would otherwise keep room for their state all its life.
+    let handshake = Box::pin(tokio_tungstenite::accept_hdr_async_with_config(
+        stream,
+        only_ws_path,
+        Some(ws_config),
+    ));
     let ws = match timeout_at(deadline, handshake).await {
         Ok(Ok(ws)) => ws,
         Ok(Err(e)) => {
@@ -195,7 +201,8 @@ async fn session<S>(
         bad_frames: 0,
         close: CancellationToken::new(),
         close_reason: Arc::new(Mutex::new(None)),
-        tickets: Vec::with_capacity(MAX_BATCH),
+        // Allocated by the first batch with tickets: an idle socket holds none.
+        tickets: Vec::new(),
         bucket: TokenBucket::new(config.max_frames_per_sec, config.frame_burst),
         overflow_since: Arc::new(AtomicU64::new(0)),
         last_seen: Instant::now(),
@@ -221,7 +228,7 @@ async fn session<S>(
         )
         .await;
     }
-    s.finish().await;
+    Box::pin(s.finish()).await;
     drop(admitted);
 }
 
@@ -391,7 +398,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             if let Some(text) = text {
                 self.sink.feed(Message::Text(text)).await?;
                 self.tickets.extend(out.ticket);
-                if let Some((seq, id)) = out.numbered {
+                if let Some(numbered) = out.numbered {
+                    let (seq, id) = *numbered;
                     self.unacked.written(seq, id);
                 }
             }
@@ -447,10 +455,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     token,
                     ack,
                 },
-            ) => {
-                self.authenticate(&app_id, &user_id, token.as_deref(), ack)
-                    .await
-            }
+            ) => Box::pin(self.authenticate(&app_id, &user_id, token.as_deref(), ack)).await,
             (None, _) => {
                 self.reply(out_auth_required(frame.reference.as_deref()))
                     .await;
@@ -545,6 +550,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 recent: Mutex::new(VecDeque::new()),
                 ack,
                 held: Mutex::new(ack.then(VecDeque::new)),
+                channels: self.memberships.subscriptions(),
             },
         );
         let reply = if ack {
@@ -602,6 +608,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 &user,
                 &self.address,
                 &route.channel,
+                SubscribeOptions {
+                    echo: true,
+                    history: None,
+                    after: None,
+                },
             )
             .await;
         let (code, text) = match joined {
@@ -749,14 +760,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 }
                 Body::ChannelMessage { channel, content }
             }
-            ClientBody::Subscribe { channel } => {
-                return self.subscribe(user, channel, reference).await;
+            ClientBody::Subscribe { channel, options } => {
+                return Box::pin(self.subscribe(user, channel, options, reference)).await;
             }
             ClientBody::Unsubscribe { channel } => {
-                return self.unsubscribe(user, channel, reference).await;
+                return Box::pin(self.unsubscribe(user, channel, reference)).await;
             }
             ClientBody::ChannelPresence { channel } => {
-                return self.channel_presence(user, channel, reference).await;
+                return Box::pin(self.channel_presence(user, channel, reference)).await;
             }
             ClientBody::ChannelMember {
                 added,
@@ -784,20 +795,76 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         self.start_publish(envelope, true);
     }
 
-    async fn subscribe(&mut self, user: UserId, channel: Channel, reference: Option<String>) {
+    async fn subscribe(
+        &mut self,
+        user: UserId,
+        channel: Channel,
+        options: SubscribeOptions,
+        reference: Option<String>,
+    ) {
         let presence = self.shared.presence.clone();
         let network = self.shared.network.current();
         let joined = self
             .memberships
-            .join(&network, presence.as_ref(), &user, &self.address, &channel)
+            .join(
+                &network,
+                presence.as_ref(),
+                &user,
+                &self.address,
+                &channel,
+                options,
+            )
             .await;
         match joined {
             Ok(Ok(())) => {
                 self.reply(out_membership(true, &channel, reference.as_deref()))
-                    .await
+                    .await;
+                if options.replays() {
+                    self.ask_history(user, channel, options, reference).await;
+                }
             }
             Ok(Err((reason, detail))) => self.refuse(reason, &detail, reference).await,
             Err(e) => self.presence_failed(&e, reference).await,
+        }
+    }
+
+    /// Asks processors for the replay a SUBSCRIBE wants; if it cannot be asked, the held posts
+    /// go out and the client is told.
+    async fn ask_history(
+        &mut self,
+        user: UserId,
+        channel: Channel,
+        options: SubscribeOptions,
+        reference: Option<String>,
+    ) {
+        let body = Body::ChannelHistory {
+            channel: channel.clone(),
+            after: options.after.unwrap_or(0),
+            count: options.history.unwrap_or(u32::MAX),
+        };
+        let envelope = Envelope {
+            id: MessageId::new(),
+            from: user,
+            origin: self.address.clone(),
+            feature: common::frame::Feature::Reliable,
+            reference: reference.clone(),
+            confirm: false,
+            created_at: common::now_millis(),
+            hops: 0,
+            ack: false,
+            body,
+        };
+        if let Err(e) = self.shared.bus.publish(envelope).await {
+            warn!(error = %e, "channel history not asked for");
+            for text in self.memberships.abandon_replay(&channel) {
+                let _ = self.tx.try_send(Outbound {
+                    text,
+                    ticket: None,
+                    numbered: None,
+                });
+            }
+            let frame = out_general_error("BUS_UNAVAILABLE", &e.to_string(), reference.as_deref());
+            self.reply(frame).await;
         }
     }
 

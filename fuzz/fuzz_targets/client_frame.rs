@@ -85,7 +85,7 @@ fn check_accepted(frame: &ClientFrame, limits: &ParseLimits) {
             assert!(up_to.is_some() || !ids.is_empty(), "an ACK acknowledges something");
             assert!(ids.len() <= 1000, "{} ids", ids.len());
         }
-        ClientBody::Subscribe { channel }
+        ClientBody::Subscribe { channel, .. }
         | ClientBody::Unsubscribe { channel }
         | ClientBody::ChannelPresence { channel } => {
             assert!(Channel::parse(channel.as_str()).is_ok(), "{channel:?}");
@@ -195,7 +195,7 @@ fn to_wire(frame: &ClientFrame) -> String {
             user_id: user_id.as_str(),
         },
         ClientBody::FetchMissingMessages { count } => Data::FetchMissingMessages { count: *count },
-        ClientBody::Subscribe { channel }
+        ClientBody::Subscribe { channel, .. }
         | ClientBody::Unsubscribe { channel }
         | ClientBody::ChannelPresence { channel } => Data::Channel {
             channel: channel.as_str(),

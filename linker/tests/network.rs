@@ -255,7 +255,7 @@ async fn every_feature(net: DomainNet) {
     if let Err(e) = warm_up(&net).await {
         panic!("warm-up: {e:#}\n{}", net.diagnostics());
     }
-    let steps: [(&str, _); 4] = [
+    let steps: [(&str, _); 5] = [
         (
             "every kind, every pair",
             ring_carries_every_kind(&net).await,
@@ -272,12 +272,81 @@ async fn every_feature(net: DomainNet) {
             "wrong domain",
             wrong_domain_login_names_the_home_url(&net).await,
         ),
+        (
+            "channels across domains",
+            channel_members_on_other_domains_get_posts(&net).await,
+        ),
     ];
     for (name, result) in steps {
         if let Err(e) = result {
             panic!("{name}: {e:#}\n{}", net.diagnostics());
         }
     }
+}
+
+/// Subscribes `c` to `channel`.
+async fn join_channel(c: &mut Client, channel: &str) -> anyhow::Result<()> {
+    c.send(&json!({"type":"SUBSCRIBE","data":{"channel":channel}}))
+        .await?;
+    c.expect("SUBSCRIBED").await?;
+    Ok(())
+}
+
+/// The next CHANNEL_MESSAGE of `c`, within the client's wait; confirmations on the way are
+/// counted in `confirmed`.
+async fn next_post(c: &mut Client, confirmed: &mut usize) -> anyhow::Result<Value> {
+    loop {
+        let f = c.next().await?;
+        if f["type"] == "CHANNEL_MESSAGE" {
+            return Ok(f);
+        }
+        ensure!(f["type"] == "MESSAGE_CONFIRMATION", "{}: got {f}", c.user);
+        *confirmed += 1;
+    }
+}
+
+/// Members of one channel on domain-01, domain-02 and domain-03 (two hops away) each get the
+/// RELIABLE posts of the others once, numbered, with the sender's reference; the sender is
+/// confirmed once.
+async fn channel_members_on_other_domains_get_posts(net: &DomainNet) -> anyhow::Result<()> {
+    let channel = format!("ANZ/ring-{}", common::now_millis());
+    let mut members = Vec::new();
+    for i in [0, 1, 2] {
+        let mut c = login(net, i).await?;
+        join_channel(&mut c, &channel).await?;
+        members.push(c);
+    }
+    let mut confirmed = vec![0usize; members.len()];
+    for sender in 0..members.len() {
+        let reference = format!("r{sender}");
+        let post = json!({"type":"CHANNEL_MESSAGE","reference":reference,"data":{"channel":channel,"content":{"from":sender}}});
+        members[sender].send(&post).await?;
+        let from = members[sender].user.clone();
+        for (c, confirmed) in members.iter_mut().zip(confirmed.iter_mut()) {
+            let f = next_post(c, confirmed).await?;
+            ensure!(
+                f["data"]["from"] == json!(from)
+                    && f["data"]["content"] == json!({"from":sender})
+                    && f["reference"] == json!(reference)
+                    && f["data"]["seq"].is_u64(),
+                "{} got {f}",
+                c.user
+            );
+        }
+    }
+    for (c, confirmed) in members.iter_mut().zip(confirmed) {
+        let later = c.sync().await?;
+        let confirmations = later
+            .iter()
+            .filter(|f| f["type"] == "MESSAGE_CONFIRMATION")
+            .count();
+        ensure!(
+            later.len() == confirmations && confirmed + confirmations == 1,
+            "{}: one confirmation, no other post; got {confirmed} then {later:?}",
+            c.user
+        );
+    }
+    Ok(())
 }
 
 /// One RELIABLE message from domain-01 to every other domain, waited for generously: the

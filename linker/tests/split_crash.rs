@@ -1,9 +1,11 @@
 //! Crash tests of a split deployment under a steady RELIABLE load: a processor SIGKILLed
 //! mid-stream loses nothing and duplicates nothing; a SIGKILLed connector's users get what
-//! was sent to them once they reconnect elsewhere; and a crash matrix (processor SIGKILL,
-//! connector SIGKILL, processor SIGTERM, each restarted, under load) where acking receivers get
-//! every message, never twice on one socket, in each sender's order, and an original-protocol
-//! receiver gets every message at least once. Every message is counted.
+//! was sent to them once they reconnect elsewhere; and a crash matrix, run twice (processes:
+//! processor SIGKILL, connector SIGKILL, processor SIGTERM, each restarted; engines: NATS and
+//! MongoDB each stopped and started again), under load, where acking receivers get every
+//! message, never twice on one socket, in each sender's order, and an original-protocol
+//! receiver gets every message at least once. Every message is counted. (Kafka and Redis
+//! restarts: `split_engines.rs`.)
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -11,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
-use testkit::{Client, Deployment, Split, SplitOptions, unique_user};
+use testkit::{Client, Deployment, Split, SplitOptions, StoppedEngine, unique_user};
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_linker"))
@@ -248,6 +250,49 @@ async fn resends_nothing(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_matrix_acking_receivers_get_each_message_once_and_in_order() {
+    use Event::*;
+    let events = [
+        (20, KillProcessor(0)),
+        (35, RestartProcessor(0)),
+        (50, KillConnector(1)),
+        (65, RestartConnector(1)),
+        (80, TerminateProcessor(1)),
+        (95, RestartProcessor(1)),
+    ];
+    matrix(&events).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_and_mongodb_restarts_lose_repeat_and_reorder_nothing() {
+    use Event::*;
+    let events = [
+        (20, StopEngine("nats")),
+        (40, StartEngine),
+        (60, StopEngine("mongo")),
+        (80, StartEngine),
+    ];
+    matrix(&events).await;
+}
+
+/// What happens to the deployment at a given round of the load.
+#[derive(Debug, Clone, Copy)]
+enum Event {
+    KillProcessor(usize),
+    TerminateProcessor(usize),
+    RestartProcessor(usize),
+    KillConnector(usize),
+    RestartConnector(usize),
+    /// Stops a test engine (the processes keep running and retry) ...
+    StopEngine(&'static str),
+    /// ... and starts the one stopped last.
+    StartEngine,
+}
+
+/// Two senders on connector 0 send RELIABLE messages to two acking receivers and one of the
+/// original protocol (all logged in first on connector 1), one round every 10 ms, while
+/// `events` happen at their rounds. Then: every receiver got every message, acking ones
+/// never twice on one socket, in each sender's order, and nothing acknowledged comes back.
+async fn matrix(events: &[(usize, Event)]) {
     let options = SplitOptions {
         presence_ttl_ms: 2_000,
         ..SplitOptions::default()
@@ -280,6 +325,7 @@ async fn crash_matrix_acking_receivers_get_each_message_once_and_in_order() {
     for s in &senders {
         clients.push(Client::login(&d.ws_url(0), s).await.unwrap());
     }
+    let mut stopped: Vec<StoppedEngine> = Vec::new();
     for n in 0..PER_PAIR {
         for (si, sender) in clients.iter_mut().enumerate() {
             for (r, _) in &receivers {
@@ -289,20 +335,35 @@ async fn crash_matrix_acking_receivers_get_each_message_once_and_in_order() {
                     .unwrap();
             }
         }
-        match n {
-            20 => d.processors[0].kill().await.unwrap(),
-            35 => d.processors[0].restart().await.unwrap(),
-            50 => d.connectors[1].kill().await.unwrap(),
-            65 => {
-                d.connectors[1].restart().await.unwrap();
-                urls.lock().unwrap().push(d.ws_url(1));
+        for (_, event) in events.iter().filter(|(at, _)| *at == n) {
+            println!("round {n}: {event:?}");
+            match *event {
+                Event::KillProcessor(i) => d.processors[i].kill().await.unwrap(),
+                Event::TerminateProcessor(i) => {
+                    let code = d.processors[i].terminate().await.unwrap();
+                    assert_eq!(code, Some(0), "a processor stops cleanly on SIGTERM");
+                }
+                Event::RestartProcessor(i) => d.processors[i].restart().await.unwrap(),
+                Event::KillConnector(i) => d.connectors[i].kill().await.unwrap(),
+                Event::RestartConnector(i) => {
+                    d.connectors[i].restart().await.unwrap();
+                    urls.lock().unwrap().push(d.ws_url(i));
+                }
+                Event::StopEngine(engine) => {
+                    let guard = tokio::task::spawn_blocking(move || StoppedEngine::stop(engine))
+                        .await
+                        .unwrap()
+                        .unwrap_or_else(|e| panic!("stop {engine}: {e:#}"));
+                    stopped.push(guard);
+                }
+                Event::StartEngine => {
+                    let guard = stopped.pop().expect("an engine was stopped");
+                    tokio::task::spawn_blocking(move || guard.start())
+                        .await
+                        .unwrap()
+                        .expect("the engine is back up");
+                }
             }
-            80 => {
-                let code = d.processors[1].terminate().await.unwrap();
-                assert_eq!(code, Some(0), "a processor stops cleanly on SIGTERM");
-            }
-            95 => d.processors[1].restart().await.unwrap(),
-            _ => {}
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -312,11 +373,23 @@ async fn crash_matrix_acking_receivers_get_each_message_once_and_in_order() {
     let expected: Vec<String> = (0..senders.len())
         .flat_map(|s| (0..PER_PAIR).map(move |n| format!("s{s}-{n:04}")))
         .collect();
-    for ((user, ack), task) in receivers.iter().zip(tasks) {
-        let seen = task
-            .await
-            .unwrap()
-            .unwrap_or_else(|e| panic!("{e:#}\n{}", d.diagnostics()));
+    let mut results = Vec::new();
+    for task in tasks {
+        results.push(task.await.unwrap());
+    }
+    let complete = |r: &anyhow::Result<Seen>| {
+        r.as_ref()
+            .is_ok_and(|seen| expected.iter().all(|c| seen.count.contains_key(c)))
+    };
+    if !results.iter().all(complete) {
+        let to = std::env::temp_dir().join(format!("split-crash-{}", d.domain));
+        match d.keep_logs(&to) {
+            Ok(()) => eprintln!("process logs kept in {}", to.display()),
+            Err(e) => eprintln!("process logs not kept: {e}"),
+        }
+    }
+    for ((user, ack), seen) in receivers.iter().zip(results) {
+        let seen = seen.unwrap_or_else(|e| panic!("{e:#}\n{}", d.diagnostics()));
         let lost: Vec<_> = expected
             .iter()
             .filter(|c| !seen.count.contains_key(*c))

@@ -126,7 +126,7 @@ impl Processor {
                     report,
                     message.id,
                 )
-                .await;
+                .await?;
         }
         let mut kept = false;
         if !acking.is_empty()
@@ -135,8 +135,8 @@ impl Processor {
         {
             kept = true;
             written |= self
-                .write_numbered(acking, &message.frame, message.id, seq)
-                .await;
+                .write_numbered(acking, &message.frame, message.id, seq, written)
+                .await?;
         }
         if written {
             record_delivery(feature, message.created_at);
@@ -200,15 +200,18 @@ impl Processor {
     }
 
     /// Writes a kept message with its number to the acking sockets that asked for one; true
-    /// if at least one took it.
+    /// if at least one took it. While the bus is down and nothing of the message was written
+    /// (`written_before` false), an error, so the envelope is retried and the kept message
+    /// goes out in order once the bus is back; otherwise it stays kept for a fetch or resume.
     pub(crate) async fn write_numbered(
         &self,
         acking: Vec<(ConnectorName, Vec<Target>)>,
         frame: &str,
         id: MessageId,
         seq: u64,
-    ) -> bool {
-        let mut written = false;
+        written_before: bool,
+    ) -> Result<bool, ProcessError> {
+        let mut written = written_before;
         for (connector, targets) in acking {
             let command = ConnectorCommand::Deliver {
                 targets,
@@ -218,12 +221,11 @@ impl Processor {
                 ack: Some(AckMark::Seq(seq)),
             };
             written |= self
-                .send(&connector, command, true)
-                .await
-                .iter()
-                .any(|w| *w);
+                .send_first(&connector, command, true, written)
+                .await?
+                .any_written();
         }
-        written
+        Ok(written)
     }
 
     /// Sends `MESSAGE_CONFIRMATION {reference}` for message `of` to its sender, RELIABLE. Its
@@ -251,8 +253,8 @@ impl Processor {
                 debug!(user, "confirmation dropped: the sender's inbox is full");
                 Ok(())
             }
-            Err(ProcessError::Presence(e)) => {
-                warn!(user = %stored.to, id = %of, error = %e, "confirmation stored for fetch: presence unavailable");
+            Err(e @ (ProcessError::Presence(_) | ProcessError::Bus(_))) => {
+                warn!(user = %stored.to, id = %of, error = %e, "confirmation stored for fetch: presence or bus unavailable");
                 // Not `keep`: its acknowledged check asks presence too, and an error here
                 // would deliver `of` again. At worst an acknowledged confirmation is fetched
                 // once more, which is harmless; a message delivered twice is not.
@@ -283,7 +285,7 @@ impl Processor {
         feature: Feature,
         report: bool,
         id: MessageId,
-    ) -> (bool, Vec<(ConnectorName, Vec<Target>)>) {
+    ) -> Result<(bool, Vec<(ConnectorName, Vec<Target>)>), ProcessError> {
         let mut written = false;
         let mut acking = Vec::new();
         for (connector, targets) in by_connector(sockets.iter().map(|s| (user, s))) {
@@ -294,14 +296,16 @@ impl Processor {
                 id: Some(id),
                 ack: None,
             };
-            let r = self.send_report(&connector, command, report).await;
+            let r = self
+                .send_first(&connector, command, report, written)
+                .await?;
             written |= r.any_written();
             let numbered = needing_numbers(&targets, &r);
             if !numbered.is_empty() {
                 acking.push((connector, numbered));
             }
         }
-        (written, acking)
+        Ok((written, acking))
     }
 
     /// Sends a command to one connector; returns what its report says was written (all
@@ -315,6 +319,36 @@ impl Processor {
         self.send_report(connector, command, report).await.written
     }
 
+    /// As `send_report`, for the first write of a RELIABLE message: while the bus is
+    /// unavailable (NATS down) and nothing of it was written yet (`written_before` false), an
+    /// error, so the envelope is retried in its sender's order once the bus is back instead of
+    /// being stored for a later fetch that newer messages would overtake.
+    async fn send_first(
+        &self,
+        connector: &ConnectorName,
+        command: ConnectorCommand,
+        report: bool,
+        written_before: bool,
+    ) -> Result<DeliveryReport, ProcessError> {
+        let reliable = matches!(
+            &command,
+            ConnectorCommand::Deliver {
+                feature: Feature::Reliable,
+                ..
+            }
+        );
+        let count = command_targets(&command);
+        match self.try_send_report(connector, command, report).await {
+            Err(e @ (BusError::Unavailable(_) | BusError::Closed))
+                if reliable && !written_before =>
+            {
+                debug!(connector = %connector, error = %e, "bus unavailable; the envelope waits");
+                Err(ProcessError::Bus(e))
+            }
+            result => Ok(unwritten_on_error(connector, count, result)),
+        }
+    }
+
     /// As `send`, with the whole report (which targets acknowledge).
     pub(crate) async fn send_report(
         &self,
@@ -322,39 +356,32 @@ impl Processor {
         command: ConnectorCommand,
         report: bool,
     ) -> DeliveryReport {
-        let count = match &command {
-            ConnectorCommand::Deliver { targets, .. } | ConnectorCommand::Close { targets, .. } => {
-                targets.len()
-            }
-        };
-        let result = if report {
-            self.bus
+        let count = command_targets(&command);
+        let result = self.try_send_report(connector, command, report).await;
+        unwritten_on_error(connector, count, result)
+    }
+
+    /// Sends a command, with a report if `report` (else all written once handed to the bus).
+    async fn try_send_report(
+        &self,
+        connector: &ConnectorName,
+        command: ConnectorCommand,
+        report: bool,
+    ) -> Result<DeliveryReport, BusError> {
+        if report {
+            return self
+                .bus
                 .request(connector, command, self.config.delivery_timeout())
-                .await
-        } else {
-            self.bus
-                .send(connector, command)
-                .await
-                .map(|()| DeliveryReport {
-                    written: vec![true; count],
-                    acking: Vec::new(),
-                })
-        };
-        let unwritten = DeliveryReport {
-            written: vec![false; count],
-            acking: Vec::new(),
-        };
-        match result {
-            Ok(report) => report,
-            Err(BusError::NoSuchConnector(name)) => {
-                debug!(connector = %name, "connector gone; its sockets are stale");
-                unwritten
-            }
-            Err(e) => {
-                debug!(connector = %connector, error = %e, "no delivery");
-                unwritten
-            }
+                .await;
         }
+        let count = command_targets(&command);
+        self.bus
+            .send(connector, command)
+            .await
+            .map(|()| DeliveryReport {
+                written: vec![true; count],
+                acking: Vec::new(),
+            })
     }
 
     /// GROUP_MESSAGE: one MESSAGE frame (with the sender's reference) to every recipient;
@@ -425,7 +452,9 @@ impl Processor {
                 id: Some(id),
                 ack: None,
             };
-            let r = self.send_report(&connector, command, report).await;
+            let r = self
+                .send_first(&connector, command, report, !took.is_empty())
+                .await?;
             for (target, ok) in targets.iter().zip(&r.written) {
                 if *ok {
                     took.insert(target.user.clone());
@@ -465,7 +494,7 @@ impl Processor {
             if !mine.is_empty() && !self.was_acked(user, id).await? {
                 match self.keep(&message).await? {
                     Keep::Kept(seq) => {
-                        self.write_numbered(mine, frame, id, seq).await;
+                        self.write_numbered(mine, frame, id, seq, true).await?;
                         continue; // kept: written now, or sent by a fetch or resume
                     }
                     Keep::Acked => continue,
@@ -530,4 +559,37 @@ pub(crate) fn by_connector<'a>(
         }
     }
     groups
+}
+
+/// How many sockets a command is for.
+fn command_targets(command: &ConnectorCommand) -> usize {
+    match command {
+        ConnectorCommand::Deliver { targets, .. }
+        | ConnectorCommand::Close { targets, .. }
+        | ConnectorCommand::Post { targets, .. } => targets.len(),
+    }
+}
+
+/// The report of a send, or all unwritten if it failed (the connector is gone or slow, or
+/// the bus is down): the caller stores what was not written.
+fn unwritten_on_error(
+    connector: &ConnectorName,
+    count: usize,
+    result: Result<DeliveryReport, BusError>,
+) -> DeliveryReport {
+    match result {
+        Ok(report) => report,
+        Err(e) => {
+            match e {
+                BusError::NoSuchConnector(_) => {
+                    debug!(connector = %connector, "connector gone; its sockets are stale")
+                }
+                e => debug!(connector = %connector, error = %e, "no delivery"),
+            }
+            DeliveryReport {
+                written: vec![false; count],
+                acking: Vec::new(),
+            }
+        }
+    }
 }

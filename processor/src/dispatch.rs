@@ -183,6 +183,14 @@ impl Processor {
             }
             Body::Ack { ids } => self.ack(&envelope.from, ids).await,
             Body::Resume => self.resume(meta.from, origin).await,
+            Body::ChannelHistory {
+                channel,
+                after,
+                count,
+            } => {
+                self.channel_history(meta, origin, channel, *after, *count)
+                    .await
+            }
             Body::CloseConnection { user } => self.close(meta.from, user.clone()).await,
             Body::FetchMissingMessages { count } => {
                 self.fetch(meta.from, origin, *count, meta.reference).await

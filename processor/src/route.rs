@@ -15,8 +15,8 @@
 //! and crashes before passing it on delays it, but does not lose it.
 //!
 //! A relay's `from` is the user whose order it keeps: the recipient of a delivery (so the
-//! far domain handles one recipient's relays in order), the sender of a group message, the
-//! master user of a close.
+//! far domain handles one recipient's relays in order), the sender of a group message or of
+//! a channel post, the master user of a close.
 
 use tracing::{debug, warn};
 
@@ -139,6 +139,15 @@ impl Processor {
                 }
             },
             Relayed::Close { user } => self.close(envelope.from.clone(), user.clone()).await,
+            Relayed::ChannelPost {
+                channel,
+                content,
+                reference,
+                created_at,
+            } => {
+                self.channel_post_relayed(envelope, channel, content, reference, *created_at)
+                    .await
+            }
             Relayed::Receipt { ids } => {
                 let Some(from) = relay.via.first() else {
                     return Ok(());

@@ -16,7 +16,7 @@ use common::envelope::{
 use common::frame::Feature;
 use common::ids::{ConnectorName, MessageId, SocketAddress, UserId};
 use common::presence::Presence;
-use common::store::{Persisted, Store};
+use common::store::{ChannelPost, Persisted, Retention, Store};
 use serde_json::value::RawValue;
 
 fn user(n: u64) -> UserId {
@@ -151,6 +151,128 @@ pub async fn store_contract(store: &dyn Store) -> anyhow::Result<()> {
         f.messages.len() == 1 && f.messages[0].message.confirm.is_none(),
         "confirmation forgotten: {f:?}"
     );
+    Ok(())
+}
+
+/// A channel of app ANZ no other test run shares.
+fn fresh_channel() -> Channel {
+    Channel::parse(&format!(
+        "ANZ/c{}",
+        fresh_user().as_str().trim_start_matches("ANZ-")
+    ))
+    .expect("valid test channel")
+}
+
+fn channel_post(n: u32, created_at: u64) -> ChannelPost {
+    ChannelPost {
+        id: MessageId::new(),
+        from: user(7),
+        reference: n.is_multiple_of(2).then(|| format!("r{n}")),
+        content: format!("{{\"n\":{n}}}"),
+        created_at,
+    }
+}
+
+const KEEP_ALL: Retention = Retention {
+    keep: 1000,
+    max_age_ms: 3_600_000,
+};
+
+/// Channel history: numbers 1, 2, 3... per channel, the same number for a redelivered post,
+/// the newest posts oldest first (after a number, within a limit), retention by count and by
+/// age that never drops the newest post, and distinct gapless numbers when two handles (`a`
+/// and `b`, two processes where the engine is shared) post at once.
+pub async fn channel_history_contract(a: &dyn Store, b: &dyn Store) -> anyhow::Result<()> {
+    let now = common::now_millis();
+    let channel = fresh_channel();
+    let posts: Vec<_> = (1..=5).map(|n| channel_post(n, now)).collect();
+    for (i, p) in posts.iter().enumerate() {
+        let seq = a.post(&channel, p, KEEP_ALL, now).await?;
+        ensure!(seq == i as u64 + 1, "post {i} got number {seq}");
+    }
+    ensure!(
+        b.post(&channel, &posts[1], KEEP_ALL, now).await? == 2,
+        "a redelivered post answers its first number"
+    );
+    let h = b.history(&channel, 0, 3, 0).await?;
+    let seqs: Vec<u64> = h.iter().map(|n| n.seq).collect();
+    ensure!(
+        seqs == [3, 4, 5],
+        "the newest three, oldest first: {seqs:?}"
+    );
+    ensure!(h[0].post == posts[2], "a kept post reads back as posted");
+    let seqs: Vec<u64> = a
+        .history(&channel, 3, 10, 0)
+        .await?
+        .iter()
+        .map(|n| n.seq)
+        .collect();
+    ensure!(seqs == [4, 5], "after a number: {seqs:?}");
+    ensure!(
+        a.history(&fresh_channel(), 0, 10, 0).await?.is_empty(),
+        "another channel has nothing"
+    );
+
+    // Retention by count: a post past `keep` drops the oldest.
+    let three = Retention {
+        keep: 3,
+        max_age_ms: 3_600_000,
+    };
+    a.post(&channel, &channel_post(6, now), three, now).await?;
+    let seqs: Vec<u64> = a
+        .history(&channel, 0, 10, 0)
+        .await?
+        .iter()
+        .map(|n| n.seq)
+        .collect();
+    ensure!(seqs == [4, 5, 6], "three kept: {seqs:?}");
+    // By age: everything older goes, but never the newest, and numbers go on.
+    let later = now + 10_000;
+    let short = Retention {
+        keep: 1000,
+        max_age_ms: 1000,
+    };
+    let seq = a
+        .post(&channel, &channel_post(7, later), short, later)
+        .await?;
+    ensure!(seq == 7, "numbers go on after a trim: {seq}");
+    let seqs: Vec<u64> = a
+        .history(&channel, 0, 10, 0)
+        .await?
+        .iter()
+        .map(|n| n.seq)
+        .collect();
+    ensure!(seqs == [7], "only the fresh post is left: {seqs:?}");
+    let old = Retention {
+        keep: 1000,
+        max_age_ms: 1,
+    };
+    let seq = a
+        .post(&channel, &channel_post(8, now), old, later + 60_000)
+        .await?;
+    ensure!(seq == 8, "the newest is kept even when too old: {seq}");
+    ensure!(
+        a.history(&channel, 0, 10, later + 1).await?.is_empty(),
+        "history reads nothing created before `since`"
+    );
+
+    // Two writers at once: every post its own number, none skipped.
+    let busy = fresh_channel();
+    let mut writes = Vec::new();
+    for n in 0..40u32 {
+        let store = if n % 2 == 0 { a } else { b };
+        let post = channel_post(n, now);
+        let busy = busy.clone();
+        writes.push(async move { store.post(&busy, &post, KEEP_ALL, now).await });
+    }
+    let mut seqs = futures_util::future::try_join_all(writes).await?;
+    seqs.sort_unstable();
+    ensure!(
+        seqs == (1..=40).collect::<Vec<u64>>(),
+        "concurrent posts got {seqs:?}"
+    );
+    let kept = a.history(&busy, 0, 100, 0).await?;
+    ensure!(kept.len() == 40, "all 40 kept, got {}", kept.len());
     Ok(())
 }
 

@@ -71,6 +71,8 @@ macro_rules! every_scenario {
     only_the_apps_master_chooses_managed_members,
     a_removed_member_no_longer_receives_nor_posts,
     a_plain_text_client_joins_and_posts_by_url,
+    a_subscription_without_echo_does_not_get_its_own_posts,
+    channel_history_is_replayed_then_live_posts_follow_without_gap_or_duplicate,
         );
     };
 }
@@ -986,7 +988,7 @@ pub async fn channel_members_on_two_connectors_get_every_post(
 
     let post = json!({"type":"CHANNEL_MESSAGE","reference":"r1","data":{"channel":channel,"content":{"text":"hi"}}});
     a.send(&post).await?;
-    let expected = json!({"type":"CHANNEL_MESSAGE","data":{"channel":channel,"from":a_id,"content":{"text":"hi"}},"reference":"r1"});
+    let expected = json!({"type":"CHANNEL_MESSAGE","data":{"channel":channel,"from":a_id,"content":{"text":"hi"},"seq":1},"reference":"r1"});
     let m = b.expect("CHANNEL_MESSAGE").await?;
     ensure!(m == expected, "{m}");
     // The sender gets its own post with its reference, and one confirmation.
@@ -1365,5 +1367,180 @@ pub async fn a_plain_text_client_joins_and_posts_by_url(d: &dyn Deployment) -> a
             "{path}: closed with {frame:?} after {seen:?}, expected {reason}"
         );
     }
+    Ok(())
+}
+pub async fn a_subscription_without_echo_does_not_get_its_own_posts(
+    d: &dyn Deployment,
+) -> anyhow::Result<()> {
+    let channel = unique_channel();
+    let (a_id, b_id) = (unique_user(), unique_user());
+    let mut quiet = Client::login(&d.ws_url(0), &a_id).await?;
+    let mut loud = Client::login(&d.ws_url(1), &a_id).await?;
+    let mut b = Client::login(&d.ws_url(1), &b_id).await?;
+    quiet
+        .send(&json!({"type":"SUBSCRIBE","reference":"s","data":{"channel":channel,"echo":false}}))
+        .await?;
+    let f = quiet.expect("SUBSCRIBED").await?;
+    ensure!(f["data"]["channel"] == json!(channel), "{f}");
+    subscribe(&mut loud, &channel).await?;
+    subscribe(&mut b, &channel).await?;
+
+    let post = json!({"type":"CHANNEL_MESSAGE","reference":"r1","data":{"channel":channel,"content":"mine"}});
+    quiet.send(&post).await?;
+    let m = b.expect("CHANNEL_MESSAGE").await?;
+    ensure!(
+        m["data"]["from"] == json!(a_id) && m["data"]["content"] == "mine",
+        "{m}"
+    );
+    // The user's other socket subscribed with echo (the default): it gets the post.
+    let mine = [loud.next().await?, loud.next().await?];
+    ensure!(
+        types(&mine).contains(&"CHANNEL_MESSAGE".to_owned()),
+        "the echoing socket got {mine:?}"
+    );
+    b.send(&json!({"type":"CHANNEL_MESSAGE","feature":"FAST","data":{"channel":channel,"content":"theirs"}}))
+        .await?;
+    // Echo off hides only the socket's own user's posts; the confirmation still comes.
+    // (FAST and RELIABLE travel apart, so the two may come in either order.)
+    let seen = quiet.sync().await?;
+    ensure!(
+        sorted(types(&seen)) == ["CHANNEL_MESSAGE", "MESSAGE_CONFIRMATION"],
+        "the socket without echo got {seen:?}"
+    );
+    ensure!(
+        seen.iter()
+            .any(|f| f["type"] == "CHANNEL_MESSAGE" && f["data"]["content"] == "theirs"),
+        "{seen:?}"
+    );
+    Ok(())
+}
+
+/// Posts `count` RELIABLE posts `{"n": first..}` to `channel` and waits for their
+/// confirmations (so they are kept).
+async fn post_kept(c: &mut Client, channel: &str, first: u64, count: u64) -> anyhow::Result<()> {
+    for n in first..first + count {
+        c.send(&json!({"type":"CHANNEL_MESSAGE","reference":format!("p{n}"),"data":{"channel":channel,"content":{"n":n}}}))
+            .await?;
+    }
+    for _ in 0..count {
+        c.expect("MESSAGE_CONFIRMATION").await?;
+    }
+    Ok(())
+}
+
+/// Reads a replay after SUBSCRIBED: the replayed posts, then CHANNEL_HISTORY_COMPLETE; any
+/// live post that comes in between is an error (live posts wait for the end of the replay).
+async fn replay(c: &mut Client) -> anyhow::Result<(Vec<Value>, Value)> {
+    let mut posts = Vec::new();
+    loop {
+        let f = c.next().await?;
+        match f["type"].as_str() {
+            Some("CHANNEL_MESSAGE") => posts.push(f),
+            Some("CHANNEL_HISTORY_COMPLETE") => return Ok((posts, f)),
+            _ => bail!("during a replay: {f}"),
+        }
+    }
+}
+
+fn seqs(posts: &[Value]) -> Vec<u64> {
+    posts
+        .iter()
+        .filter_map(|p| p["data"]["seq"].as_u64())
+        .collect()
+}
+
+pub async fn channel_history_is_replayed_then_live_posts_follow_without_gap_or_duplicate(
+    d: &dyn Deployment,
+) -> anyhow::Result<()> {
+    let channel = unique_channel();
+    let (a_id, b_id) = (unique_user(), unique_user());
+    let mut a = Client::login(&d.ws_url(0), &a_id).await?;
+    let mut b = Client::login(&d.ws_url(1), &b_id).await?;
+    post_kept(&mut a, &channel, 1, 5).await?;
+
+    // The newest three, oldest first, numbered, each with its sender's reference.
+    b.send(&json!({"type":"SUBSCRIBE","reference":"h","data":{"channel":channel,"history":3}}))
+        .await?;
+    b.expect("SUBSCRIBED").await?;
+    let (posts, end) = replay(&mut b).await?;
+    ensure!(seqs(&posts) == [3, 4, 5], "{posts:?}");
+    ensure!(
+        posts[0]
+            == json!({"type":"CHANNEL_MESSAGE","data":{"channel":channel,"from":a_id,"content":{"n":3},"seq":3},"reference":"p3"}),
+        "{}",
+        posts[0]
+    );
+    ensure!(
+        end == json!({"type":"CHANNEL_HISTORY_COMPLETE","data":{"channel":channel,"replayed":3,"lastSeq":5},"reference":"h"}),
+        "{end}"
+    );
+
+    // The join boundary under concurrent posting: two posters on two connectors post while
+    // c joins with history; c must see every number exactly once.
+    const EACH: u64 = 30;
+    let mut p = Client::login(&d.ws_url(1), &unique_user()).await?;
+    let other = {
+        let channel = channel.clone();
+        tokio::spawn(async move { post_kept(&mut p, &channel, 100, EACH).await })
+    };
+    for n in 200..200 + EACH / 2 {
+        a.send(&json!({"type":"CHANNEL_MESSAGE","data":{"channel":channel,"content":{"n":n}}}))
+            .await?;
+    }
+    let mut c = Client::login(&d.ws_url(0), &unique_user()).await?;
+    c.send(&json!({"type":"SUBSCRIBE","data":{"channel":channel,"history":1000}}))
+        .await?;
+    post_kept(&mut a, &channel, 200 + EACH / 2, EACH - EACH / 2).await?;
+    other.await??;
+    let total = 5 + 2 * EACH;
+    c.expect("SUBSCRIBED").await?;
+    let (history, end) = replay(&mut c).await?;
+    let replayed = seqs(&history);
+    ensure!(
+        replayed.windows(2).all(|w| w[0] < w[1]) && replayed.first() == Some(&1),
+        "the replay is in order from the first post: {replayed:?}"
+    );
+    ensure!(
+        end["data"]["lastSeq"] == json!(replayed.last())
+            && end["data"]["replayed"] == json!(replayed.len()),
+        "{end}"
+    );
+    let mut seen = replayed.clone();
+    while (seen.len() as u64) < total {
+        let f = c.expect("CHANNEL_MESSAGE").await?;
+        seen.extend(seqs(std::slice::from_ref(&f)));
+    }
+    let late = c.sync().await?;
+    ensure!(late.is_empty(), "more than every post: {late:?}");
+    seen.sort_unstable();
+    ensure!(
+        seen == (1..=total).collect::<Vec<u64>>(),
+        "every post once by number (replayed {}): {seen:?}",
+        replayed.len()
+    );
+
+    // A resume from the last number seen: only what came after it.
+    let mut r = Client::login(&d.ws_url(1), &unique_user()).await?;
+    r.send(&json!({"type":"SUBSCRIBE","data":{"channel":channel,"after":total - 2}}))
+        .await?;
+    r.expect("SUBSCRIBED").await?;
+    let (posts, end) = replay(&mut r).await?;
+    ensure!(seqs(&posts) == [total - 1, total], "{posts:?}");
+    ensure!(end["data"]["lastSeq"] == json!(total), "{end}");
+
+    // FAST posts are neither numbered nor kept.
+    b.send(&json!({"type":"CHANNEL_MESSAGE","feature":"FAST","data":{"channel":channel,"content":"fast"}}))
+        .await?;
+    let f = r.expect("CHANNEL_MESSAGE").await?;
+    ensure!(
+        f["data"]["content"] == "fast" && f["data"].get("seq").is_none(),
+        "{f}"
+    );
+    let mut s = Client::login(&d.ws_url(0), &unique_user()).await?;
+    s.send(&json!({"type":"SUBSCRIBE","data":{"channel":channel,"history":1}}))
+        .await?;
+    s.expect("SUBSCRIBED").await?;
+    let (posts, _) = replay(&mut s).await?;
+    ensure!(seqs(&posts) == [total], "{posts:?}");
     Ok(())
 }
