@@ -143,9 +143,10 @@ pub fn load(file: Option<&Path>) -> Result<(Option<NetworkConfig>, Settings), Se
     if let Some(section) = section {
         figment = figment.merge(Serialized::defaults(section));
     }
+    // The key keeps the variable's case here (figment compares keys without case later).
     let env = Env::prefixed("LINKER_").split("__").filter(|key| {
         let top = key.as_str().split('.').next().unwrap_or_default();
-        SECTIONS.contains(&top)
+        SECTIONS.iter().any(|s| s.eq_ignore_ascii_case(top))
     });
     let mut settings: Settings = figment.merge(env).extract().map_err(|e| {
         let source = file.map(|p| p.display().to_string()).unwrap_or_default();

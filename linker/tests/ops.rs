@@ -240,3 +240,34 @@ async fn processor_is_not_ready_while_redis_is_unreachable_and_ready_again_after
     let _relay = Relay::start(port, redis).await;
     ready_becomes(&addr, 200).await;
 }
+
+#[test]
+fn environment_variables_override_settings_and_bad_ones_are_refused() {
+    let check = |vars: &[(&str, &str)]| {
+        let mut command = std::process::Command::new(bin());
+        command.args(["domain", "--check-config"]);
+        for (k, v) in vars {
+            command.env(k, v);
+        }
+        command.output().unwrap()
+    };
+    assert!(check(&[]).status.success(), "the built-in config is fine");
+    let out = check(&[("LINKER_CONNECTOR__READ_BUFFER_BYTES", "abc")]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    assert!(
+        err.to_lowercase().contains("connector.read_buffer_bytes"),
+        "names the key: {err}"
+    );
+    // A command-line option read from the environment: refused as a usage error (exit 2).
+    let out = check(&[("LINKER_LOG_FORMAT", "xml")]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("xml"), "names the value: {err}");
+    let out = check(&[("LINKER_PROCESSOR__WORKERS", "3")]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -349,6 +349,23 @@ impl Processor {
         }
     }
 
+    /// Sends a command that must not be lost (the end of a resume): an error while the bus is
+    /// unavailable, so the envelope is retried.
+    pub(crate) async fn send_end(
+        &self,
+        connector: &ConnectorName,
+        command: ConnectorCommand,
+    ) -> Result<(), ProcessError> {
+        match self.try_send_report(connector, command, false).await {
+            Err(e @ (BusError::Unavailable(_) | BusError::Closed)) => Err(ProcessError::Bus(e)),
+            Err(e) => {
+                debug!(connector = %connector, error = %e, "not sent");
+                Ok(())
+            }
+            Ok(_) => Ok(()),
+        }
+    }
+
     /// As `send`, with the whole report (which targets acknowledge).
     pub(crate) async fn send_report(
         &self,

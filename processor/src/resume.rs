@@ -66,8 +66,9 @@ impl Processor {
             id: None,
             ack: Some(AckMark::ResumeEnd),
         };
-        self.send(&origin.connector, command, false).await;
-        Ok(())
+        // Without its end the socket would hold its live frames back for good: while the bus
+        // is down, the resume is retried (what it resent already is not written twice).
+        self.send_end(&origin.connector, command).await
     }
 
     /// Pages through the store by number until nothing is left after the last one sent (or the
