@@ -126,11 +126,14 @@ impl Presence for MemoryPresence {
         &self,
         channel: &Channel,
     ) -> Result<Vec<(UserId, SocketAddress)>, PresenceError> {
-        Ok(self
-            .channels
-            .get(channel)
-            .map(|m| m.clone())
-            .unwrap_or_default())
+        let Some(members) = self.channels.get(channel).map(|m| m.clone()) else {
+            return Ok(Vec::new());
+        };
+        // As in Redis: a member socket that is no longer present is no member.
+        Ok(members
+            .into_iter()
+            .filter(|(user, socket)| self.sockets.get(user).is_some_and(|s| s.contains(socket)))
+            .collect())
     }
 
     async fn grant(

@@ -52,6 +52,26 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 return redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')
 ";
 
+/// The members `user|connector/socket` of the channel set `KEYS[1]` whose socket is still
+/// present (in the unexpired presence of its user, keys `ARGV[1] .. user`); the others (a
+/// connector that crashed and stopped refreshing) are taken out of the set. The presence keys
+/// are not declared in KEYS: a single Redis, not a cluster.
+const MEMBERS_SCRIPT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local live = {}
+for _, m in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local bar = string.find(m, '|', 1, true)
+  local score = bar and redis.call('ZSCORE', ARGV[1] .. string.sub(m, 1, bar - 1), string.sub(m, bar + 1))
+  if score and tonumber(score) > now then
+    live[#live + 1] = m
+  else
+    redis.call('SREM', KEYS[1], m)
+  end
+end
+return live
+";
+
 /// Deletes the lock `KEYS[1]` only if it still holds our token `ARGV[1]`.
 const UNLOCK_SCRIPT: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -88,6 +108,7 @@ pub struct RedisPresence {
     command_timeout: Duration,
     add: Script,
     lookup: Script,
+    members: Script,
     unlock: Script,
     claim: Script,
     grant: Script,
@@ -125,6 +146,7 @@ impl RedisPresence {
             command_timeout: COMMAND_TIMEOUT,
             add: Script::new(ADD_SCRIPT),
             lookup: Script::new(LOOKUP_SCRIPT),
+            members: Script::new(MEMBERS_SCRIPT),
             unlock: Script::new(UNLOCK_SCRIPT),
             claim: Script::new(CLAIM_SCRIPT),
             grant: Script::new(GRANT_SCRIPT),
@@ -289,10 +311,10 @@ impl Presence for RedisPresence {
         channel: &Channel,
     ) -> Result<Vec<(UserId, SocketAddress)>, PresenceError> {
         let mut con = self.con.clone();
-        let cmd = redis::cmd("SMEMBERS")
-            .arg(self.channel_key(channel))
-            .clone();
-        let members: Vec<String> = self.bounded(cmd.query_async(&mut con)).await?;
+        let mut call = self.members.prepare_invoke();
+        call.key(self.channel_key(channel))
+            .arg(format!("{}presence:", self.prefix));
+        let members: Vec<String> = self.bounded(call.invoke_async(&mut con)).await?;
         Ok(members
             .iter()
             .filter_map(|m| {

@@ -104,6 +104,37 @@ async fn a_refreshed_socket_stays_past_the_ttl_and_goes_once_refreshing_stops() 
 }
 
 #[tokio::test]
+async fn a_crashed_connectors_channel_memberships_end_with_its_presence() {
+    let ttl = Duration::from_secs(1);
+    let p = connect(&namespace("crashed-members"), ttl).await;
+    let (gone, stays) = (fresh_user(), fresh_user());
+    let channel = common::channel::Channel::parse("ANZ/crashed").unwrap();
+    let (dead, live) = (socket("connector-01", 1), socket("connector-02", 2));
+    p.add(&gone, &dead).await.unwrap();
+    p.add(&stays, &live).await.unwrap();
+    p.join(&channel, &gone, &dead).await.unwrap();
+    p.join(&channel, &stays, &live).await.unwrap();
+    assert_eq!(p.members(&channel).await.unwrap().len(), 2);
+    // connector-01 "crashes": it neither leaves the channel nor refreshes; connector-02 does.
+    let start = Instant::now();
+    while start.elapsed() < ttl * 2 {
+        tokio::time::sleep(ttl / 4).await;
+        p.refresh(&[(stays.clone(), live.clone())]).await.unwrap();
+    }
+    assert_eq!(
+        p.members(&channel).await.unwrap(),
+        vec![(stays.clone(), live.clone())],
+        "only the refreshed socket is still a member"
+    );
+    // The stale entry was taken out: the socket coming back (same address) is no member.
+    p.add(&gone, &dead).await.unwrap();
+    assert_eq!(
+        p.members(&channel).await.unwrap(),
+        vec![(stays.clone(), live.clone())]
+    );
+}
+
+#[tokio::test]
 async fn two_handles_share_presence_and_exclude_each_other_on_the_lock() {
     let ns = namespace("two-handles");
     let ttl = Duration::from_secs(30);

@@ -74,7 +74,9 @@ pub trait Presence: Send + Sync + 'static {
         socket: &SocketAddress,
     ) -> Result<(), PresenceError>;
 
-    /// Every member socket of `channel`, on any connector of the domain, with its user.
+    /// Every member socket of `channel`, on any connector of the domain, with its user. Only
+    /// sockets still present (`add`ed, not removed, not expired) count: the memberships of a
+    /// connector that crashed end with its presence.
     async fn members(
         &self,
         channel: &Channel,

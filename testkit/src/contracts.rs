@@ -283,7 +283,8 @@ fn addr(connector: &str, socket: u64) -> SocketAddress {
     }
 }
 
-/// Channel members: each socket once, across connectors, gone when it leaves.
+/// Channel members: each socket once, across connectors, gone when it leaves or is no longer
+/// present.
 async fn channel_membership(p: &dyn Presence, u: &UserId) -> anyhow::Result<()> {
     let channel = Channel::parse(&format!("ANZ/contract-{}", u.as_str().replace('-', "_")))?;
     let other = user(7);
@@ -291,9 +292,15 @@ async fn channel_membership(p: &dyn Presence, u: &UserId) -> anyhow::Result<()> 
         p.members(&channel).await?.is_empty(),
         "a new channel is empty"
     );
+    p.add(u, &addr("connector-01", 1)).await?;
+    p.add(&other, &addr("connector-02", 2)).await?;
+    p.add(&other, &addr("connector-02", 3)).await?;
     p.join(&channel, u, &addr("connector-01", 1)).await?;
     p.join(&channel, u, &addr("connector-01", 1)).await?;
     p.join(&channel, &other, &addr("connector-02", 2)).await?;
+    p.join(&channel, &other, &addr("connector-02", 3)).await?;
+    // A member socket that is no longer present (its connector crashed) is no member.
+    p.remove(&other, &addr("connector-02", 3)).await?;
     let mut found = p.members(&channel).await?;
     found.sort_by_key(|(_, a)| a.socket);
     ensure!(
@@ -312,6 +319,8 @@ async fn channel_membership(p: &dyn Presence, u: &UserId) -> anyhow::Result<()> 
         p.members(&channel).await?.is_empty(),
         "the last member left"
     );
+    p.remove(u, &addr("connector-01", 1)).await?;
+    p.remove(&other, &addr("connector-02", 2)).await?;
     Ok(())
 }
 
