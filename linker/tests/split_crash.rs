@@ -3,7 +3,8 @@
 //! was sent to them once they reconnect elsewhere; a rolling restart (every connector, then
 //! every processor, SIGTERM and start again) under a load of senders that resend with the same
 //! reference what was not accepted; and a crash matrix, run twice (processes:
-//! processor SIGKILL, connector SIGKILL, processor SIGTERM, each restarted; engines: NATS and
+//! processor SIGKILL, connector SIGKILL, processor SIGTERM, each restarted, and the meta-server
+//! every process follows SIGKILLed and restarted; engines: NATS and
 //! MongoDB each stopped and started again), under load, where acking receivers get every
 //! message, never twice on one socket, in each sender's order, and an original-protocol
 //! receiver gets every message at least once. Every message is counted. (Kafka and Redis
@@ -270,8 +271,19 @@ async fn crash_matrix_acking_receivers_get_each_message_once_and_in_order() {
         (65, RestartConnector(1)),
         (80, TerminateProcessor(1)),
         (95, RestartProcessor(1)),
+        // Down across a processor's and a connector's restart: they start without it.
+        (30, KillMetaServer),
+        (70, RestartMetaServer),
     ];
-    matrix(&events).await;
+    let d = matrix(&events).await;
+    // Every process follows the meta-server: each noticed it was gone.
+    for p in d.processors.iter().chain(&d.connectors) {
+        assert!(
+            p.log().contains("meta-server unreachable"),
+            "a process did not poll the meta-server:\n{}",
+            p.log_tail()
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -425,15 +437,21 @@ enum Event {
     StopEngine(&'static str),
     /// ... and starts the one stopped last.
     StartEngine,
+    /// SIGKILLs the meta-server the processes poll for their network ...
+    KillMetaServer,
+    /// ... and starts it again on its port.
+    RestartMetaServer,
 }
 
 /// Two senders on connector 0 send RELIABLE messages to two acking receivers and one of the
 /// original protocol (all logged in first on connector 1), one round every 10 ms, while
 /// `events` happen at their rounds. Then: every receiver got every message, acking ones
 /// never twice on one socket, in each sender's order, and nothing acknowledged comes back.
-async fn matrix(events: &[(usize, Event)]) {
+/// Every process follows a meta-server. Returns the deployment, for more checks.
+async fn matrix(events: &[(usize, Event)]) -> Split {
     let options = SplitOptions {
         presence_ttl_ms: 2_000,
+        meta_server: true,
         ..SplitOptions::default()
     };
     let mut d = Split::start_with(bin(), options).await.unwrap();
@@ -502,6 +520,8 @@ async fn matrix(events: &[(usize, Event)]) {
                         .unwrap()
                         .expect("the engine is back up");
                 }
+                Event::KillMetaServer => meta(&mut d).kill().await.unwrap(),
+                Event::RestartMetaServer => meta(&mut d).restart().await.unwrap(),
             }
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -510,6 +530,11 @@ async fn matrix(events: &[(usize, Event)]) {
     // wait covers that.
     drop(clients);
     check(&d, &receivers, tasks, senders.len(), PER_PAIR).await;
+    d
+}
+
+fn meta(d: &mut Split) -> &mut testkit::process::LinkerProcess {
+    d.meta.as_mut().expect("the matrix runs a meta-server")
 }
 
 /// Waits for the receivers and checks what they saw: every message of `senders` x `per_pair`,
