@@ -93,6 +93,11 @@ pub struct Config {
     /// A socket whose outbound queue stays full this long is closed (code 4003) as a reader
     /// too slow to keep up.
     pub slow_reader_timeout_ms: u64,
+    /// An acking socket holds its live numbered frames back until the processor's resume
+    /// ends (`RESUME_COMPLETE`). If no end has come after this long, the socket is closed
+    /// (code 4004) so the client logs in and resumes again: the held frames stay kept, nothing
+    /// acknowledged is in them, and a lost end cannot hold the socket's frames for good.
+    pub resume_timeout_ms: u64,
     /// Serve `wss://` with this certificate and key; plain `ws://` if absent.
     pub tls: Option<TlsConfig>,
     /// Where neighbouring domains connect (the domain's `tcp://` url); no link listener if
@@ -134,6 +139,7 @@ impl Default for Config {
             ping_interval_ms: 30_000,
             idle_timeout_ms: 90_000,
             slow_reader_timeout_ms: 10_000,
+            resume_timeout_ms: 30_000,
             tls: None,
             link_listen: None,
         }

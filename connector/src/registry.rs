@@ -162,6 +162,16 @@ impl Registry {
         }
     }
 
+    /// True while the socket's resume runs (its live numbered frames are held back).
+    pub fn resuming(&self, socket: SocketId) -> bool {
+        self.sockets.get(&socket).is_some_and(|h| {
+            h.held
+                .lock()
+                .expect("held frames lock is never poisoned")
+                .is_some()
+        })
+    }
+
     /// The socket's handle, if it is still open.
     pub(crate) fn get(
         &self,

@@ -61,6 +61,9 @@ pub const CLOSED_BY_MASTER: u16 = 4000;
 pub const CLOSED_IDLE: u16 = 4002;
 /// Close code sent when the client reads too slowly to keep its outbound queue from filling.
 pub const CLOSED_SLOW_READER: u16 = 4003;
+/// Close code sent when an acking socket's resume did not end within `resume_timeout_ms`:
+/// the client should log in again, which resumes again.
+pub const CLOSED_RESUME_TIMEOUT: u16 = 4004;
 /// Close reason at shutdown (code 1001): the client should reconnect, to another connector if
 /// it knows one.
 pub const SHUTDOWN_REASON: &str = "server shutting down; reconnect";
@@ -208,6 +211,7 @@ async fn session<S>(
         last_seen: Instant::now(),
         publishing: None,
         ack: false,
+        resume_until: None,
         unacked: Unacked::default(),
         memberships: Memberships::default(),
         plain: None,
@@ -251,6 +255,8 @@ struct Session<S> {
     publishing: Option<Publishing>,
     /// The socket logged in with `"ack": true`.
     ack: bool,
+    /// While an acking socket waits for its resume to end: when it stops waiting.
+    resume_until: Option<Instant>,
     /// Numbered frames written and not yet acknowledged.
     unacked: Unacked,
     /// The channels this socket is a member of.
@@ -299,6 +305,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 _ = sleep_until(deadline), if self.user.is_none() => {
                     info!("not authenticated before the deadline; closing");
                     break Some(close_frame(CloseCode::Policy, "authentication deadline passed"));
+                }
+                _ = sleep_until(self.resume_until.unwrap_or(deadline)), if self.resume_until.is_some() => {
+                    self.resume_until = None;
+                    if let Some(end) = self.resume_overdue() {
+                        break Some(end);
+                    }
                 }
                 Some(out) = rx.recv() => {
                     // A reader that stopped reading blocks the write; a close (slow reader,
@@ -423,6 +435,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 return;
             }
         }
+    }
+
+    /// The close for an acking socket whose resume has not ended by `resume_timeout_ms`, if it
+    /// has not.
+    ///
+    /// Its live frames are held back until the end, so a lost end would hold them for good.
+    /// Closing, rather than letting the held frames go, keeps both promises: what was kept
+    /// comes before anything new (the client logs in again and a new resume sends it all, in
+    /// order), and nothing is lost or sent again once acknowledged (the held frames were kept
+    /// in the store before they were sent here; their writes are reported not done, and only
+    /// what is still kept, so not acknowledged, is resent). Asking for the resume again on the
+    /// same socket could not tell a late end of the first one from the end of the second.
+    fn resume_overdue(&self) -> Option<CloseFrame> {
+        if !self.shared.registry.resuming(self.address.socket) {
+            return None;
+        }
+        let after = self.shared.config.resume_timeout_ms;
+        warn!(
+            after_ms = after,
+            "resume did not end in time; closing so the client resumes again"
+        );
+        metrics::counter!("linker_connector_resume_timeouts_total").increment(1);
+        let reason = format!("resume not completed within {after} ms; reconnect");
+        Some(close_frame(CloseCode::from(CLOSED_RESUME_TIMEOUT), reason))
     }
 
     /// Writes one frame of the session's own (replies, errors).
@@ -572,6 +608,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if ack {
             // What is kept for the user comes back to this socket before anything new.
             envelopes.push(self.envelope(user, Body::Resume));
+            let wait = Duration::from_millis(self.shared.config.resume_timeout_ms);
+            self.resume_until = Some(Instant::now() + wait);
         }
         self.start_publishes(envelopes, false);
         None

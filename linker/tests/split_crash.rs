@@ -1,7 +1,10 @@
 //! Crash tests of a split deployment under a steady RELIABLE load: a processor SIGKILLed
 //! mid-stream loses nothing and duplicates nothing; a SIGKILLed connector's users get what
-//! was sent to them once they reconnect elsewhere; and a crash matrix, run twice (processes:
-//! processor SIGKILL, connector SIGKILL, processor SIGTERM, each restarted; engines: NATS and
+//! was sent to them once they reconnect elsewhere; a rolling restart (every connector, then
+//! every processor, SIGTERM and start again) under a load of senders that resend with the same
+//! reference what was not accepted; and a crash matrix, run twice (processes:
+//! processor SIGKILL, connector SIGKILL, processor SIGTERM, each restarted, and the meta-server
+//! every process follows SIGKILLed and restarted; engines: NATS and
 //! MongoDB each stopped and started again), under load, where acking receivers get every
 //! message, never twice on one socket, in each sender's order, and an original-protocol
 //! receiver gets every message at least once. Every message is counted. (Kafka and Redis
@@ -268,8 +271,19 @@ async fn crash_matrix_acking_receivers_get_each_message_once_and_in_order() {
         (65, RestartConnector(1)),
         (80, TerminateProcessor(1)),
         (95, RestartProcessor(1)),
+        // Down across a processor's and a connector's restart: they start without it.
+        (30, KillMetaServer),
+        (70, RestartMetaServer),
     ];
-    matrix(&events).await;
+    let d = matrix(&events).await;
+    // Every process follows the meta-server: each noticed it was gone.
+    for p in d.processors.iter().chain(&d.connectors) {
+        assert!(
+            p.log().contains("meta-server unreachable"),
+            "a process did not poll the meta-server:\n{}",
+            p.log_tail()
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -284,6 +298,133 @@ async fn nats_and_mongodb_restarts_lose_repeat_and_reorder_nothing() {
     matrix(&events).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_under_load_loses_repeats_and_reorders_nothing() {
+    let options = SplitOptions {
+        presence_ttl_ms: 2_000,
+        ..SplitOptions::default()
+    };
+    let mut d = Split::start_with(bin(), options).await.unwrap();
+    let urls = Arc::new(std::sync::Mutex::new(vec![d.ws_url(1), d.ws_url(0)]));
+    let receivers = [
+        (unique_user(), true),
+        (unique_user(), true),
+        (unique_user(), false),
+    ];
+    const PER_PAIR: usize = 60;
+    let mut tasks = Vec::new();
+    for (user, ack) in &receivers {
+        tasks.push(tokio::spawn(receive(
+            urls.clone(),
+            user.clone(),
+            *ack,
+            2 * PER_PAIR,
+        )));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The senders log in on connector 0 and, like any careful client, resend with the same
+    // reference what was not accepted when their connector goes away.
+    let to: Vec<String> = receivers.iter().map(|(u, _)| u.clone()).collect();
+    let rounds = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let sender_urls = Arc::new(std::sync::Mutex::new(vec![d.ws_url(0), d.ws_url(1)]));
+    let sending: Vec<_> = (0..2)
+        .map(|si| {
+            let (urls, to, rounds) = (sender_urls.clone(), to.clone(), rounds.clone());
+            tokio::spawn(send_accepted(urls, si, to, PER_PAIR, rounds))
+        })
+        .collect();
+    // One process after the other, each stopped with SIGTERM and started again, while the load
+    // runs: both connectors, then both processors.
+    for (step, at) in [8, 20, 32, 44].into_iter().enumerate() {
+        while rounds.load(std::sync::atomic::Ordering::Relaxed) < at {
+            if sending.iter().any(|s| s.is_finished()) {
+                break; // one failed (reported below), or all is sent
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let (kind, process) = match step {
+            0 => ("connector", &mut d.connectors[1]),
+            1 => ("connector", &mut d.connectors[0]),
+            2 => ("processor", &mut d.processors[0]),
+            _ => ("processor", &mut d.processors[1]),
+        };
+        let code = process.terminate().await.unwrap();
+        assert_eq!(code, Some(0), "a {kind} stops cleanly on SIGTERM");
+        process.restart().await.unwrap();
+        println!("round {at}: {kind} restarted");
+        if kind == "connector" {
+            // A restarted connector listens on a new port.
+            let i = if step == 0 { 1 } else { 0 };
+            urls.lock().unwrap().push(d.ws_url(i));
+            sender_urls.lock().unwrap().push(d.ws_url(i));
+        }
+    }
+    for s in sending {
+        let resent = s
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{e:#}\n{}", d.diagnostics()));
+        println!("a sender resent {resent} unaccepted messages after reconnecting");
+    }
+    check(&d, &receivers, tasks, 2, PER_PAIR).await;
+}
+
+/// Sender `si` sends `s{si}-{n}` to each of `to`, n in 0..per_pair, RELIABLE with a reference,
+/// one at a time: the next only once the server answered `MESSAGE_ACCEPTED`. When its socket
+/// dies it logs in again (acking) on a connector in `urls` and sends the same message with
+/// the same reference, which the server recognises if it had it already. Counts the resends;
+/// sender 0 counts the rounds in `rounds`.
+async fn send_accepted(
+    urls: Arc<std::sync::Mutex<Vec<String>>>,
+    si: usize,
+    to: Vec<String>,
+    per_pair: usize,
+    rounds: Arc<std::sync::atomic::AtomicUsize>,
+) -> anyhow::Result<usize> {
+    let user = unique_user();
+    let mut c = login_anywhere(&urls, &user, true).await?;
+    let mut resent = 0;
+    for n in 0..per_pair {
+        for r in &to {
+            let content = format!("s{si}-{n:04}");
+            let reference = format!("{r}-{content}");
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+            'accepted: loop {
+                anyhow::ensure!(
+                    tokio::time::Instant::now() < deadline,
+                    "{content} to {r} never accepted"
+                );
+                if c.message(r, &content, "RELIABLE", Some(&reference))
+                    .await
+                    .is_ok()
+                {
+                    loop {
+                        match tokio::time::timeout(Duration::from_secs(5), c.next()).await {
+                            Ok(Ok(f)) if f["type"] == "MESSAGE_ACCEPTED" => {
+                                if f["data"]["reference"] == reference.as_str() {
+                                    break 'accepted;
+                                }
+                            }
+                            Ok(Ok(f)) if f["type"] == "GENERAL_ERROR" => {
+                                anyhow::bail!("{content} to {r} refused: {f}")
+                            }
+                            Ok(Ok(_)) => {}
+                            Ok(Err(_)) | Err(_) => break,
+                        }
+                    }
+                }
+                resent += 1;
+                c = login_anywhere(&urls, &user, true).await?;
+            }
+        }
+        if si == 0 {
+            rounds.store(n + 1, std::sync::atomic::Ordering::Relaxed);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(resent)
+}
+
 /// What happens to the deployment at a given round of the load.
 #[derive(Debug, Clone, Copy)]
 enum Event {
@@ -296,15 +437,21 @@ enum Event {
     StopEngine(&'static str),
     /// ... and starts the one stopped last.
     StartEngine,
+    /// SIGKILLs the meta-server the processes poll for their network ...
+    KillMetaServer,
+    /// ... and starts it again on its port.
+    RestartMetaServer,
 }
 
 /// Two senders on connector 0 send RELIABLE messages to two acking receivers and one of the
 /// original protocol (all logged in first on connector 1), one round every 10 ms, while
 /// `events` happen at their rounds. Then: every receiver got every message, acking ones
 /// never twice on one socket, in each sender's order, and nothing acknowledged comes back.
-async fn matrix(events: &[(usize, Event)]) {
+/// Every process follows a meta-server. Returns the deployment, for more checks.
+async fn matrix(events: &[(usize, Event)]) -> Split {
     let options = SplitOptions {
         presence_ttl_ms: 2_000,
+        meta_server: true,
         ..SplitOptions::default()
     };
     let mut d = Split::start_with(bin(), options).await.unwrap();
@@ -373,6 +520,8 @@ async fn matrix(events: &[(usize, Event)]) {
                         .unwrap()
                         .expect("the engine is back up");
                 }
+                Event::KillMetaServer => meta(&mut d).kill().await.unwrap(),
+                Event::RestartMetaServer => meta(&mut d).restart().await.unwrap(),
             }
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -381,6 +530,11 @@ async fn matrix(events: &[(usize, Event)]) {
     // wait covers that.
     drop(clients);
     check(&d, &receivers, tasks, senders.len(), PER_PAIR).await;
+    d
+}
+
+fn meta(d: &mut Split) -> &mut testkit::process::LinkerProcess {
+    d.meta.as_mut().expect("the matrix runs a meta-server")
 }
 
 /// Waits for the receivers and checks what they saw: every message of `senders` x `per_pair`,

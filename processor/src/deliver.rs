@@ -143,7 +143,7 @@ impl Processor {
             if let Some(confirm) = message.confirm.clone() {
                 self.confirm(confirm, message.id).await?;
                 if kept {
-                    self.store.confirmed(&message.to, message.id).await?;
+                    self.confirmed(&message.to, message.id).await?;
                 }
             }
             return Ok(());

@@ -79,7 +79,7 @@ impl Processor {
             if let Some(confirm) = message.confirm {
                 self.confirm(confirm, message.id).await?;
                 if acking {
-                    self.store.confirmed(user, message.id).await?;
+                    self.confirmed(user, message.id).await?;
                 }
             }
         }

@@ -27,7 +27,8 @@ impl Processor {
         Ok(self.presence.is_processed(id.acknowledged_by(user)).await?)
     }
 
-    /// ACK: each message leaves the store and is marked acknowledged.
+    /// ACK: each message is marked acknowledged, then leaves the store (the mark first: see
+    /// `keep` and `confirmed`).
     pub(crate) async fn ack(&self, user: &UserId, ids: &[MessageId]) -> Result<(), ProcessError> {
         for id in ids {
             self.presence
@@ -36,6 +37,23 @@ impl Processor {
             self.store.remove(user, *id).await?;
         }
         metrics::counter!("linker_acked_total").increment(ids.len() as u64);
+        Ok(())
+    }
+
+    /// Notes that the confirmation kept message `id` owed was sent, so a resume does not send
+    /// it again.
+    ///
+    /// That note is an update of the kept message, and an engine may apply an update as a read
+    /// then a write of the whole message (FerretDB does): an ACK that removed the message in
+    /// between is undone, and the acknowledged message would come back at the next resume.
+    /// The ACK marks the message before it removes it, so the mark is found here and the
+    /// message removed again.
+    pub(crate) async fn confirmed(&self, user: &UserId, id: MessageId) -> Result<(), ProcessError> {
+        self.store.confirmed(user, id).await?;
+        if self.was_acked(user, id).await? {
+            debug!(user = %user, %id, "acknowledged while its confirmation was noted; removed again");
+            self.store.remove(user, id).await?;
+        }
         Ok(())
     }
 
@@ -110,7 +128,7 @@ impl Processor {
                 resent += 1;
                 if let Some(confirm) = kept.message.confirm {
                     self.confirm(confirm, id).await?;
-                    self.store.confirmed(user, id).await?;
+                    self.confirmed(user, id).await?;
                 }
             }
             // Under a steady stream for this user, stop once a whole bound went out: the rest

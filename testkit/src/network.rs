@@ -43,7 +43,7 @@ pub struct DomainNet {
 /// A port nobody listens on now, for a process started later. Taken below the kernel's
 /// ephemeral range (32768 and up), where ports given out for port 0 and for outgoing
 /// connections never land in the meantime, and away from the test engines' ports.
-fn free_port() -> anyhow::Result<u16> {
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let engines = [14222, 16379, 19092, 19093, 27018];
     for _ in 0..1000 {

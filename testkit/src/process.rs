@@ -84,6 +84,11 @@ impl LinkerProcess {
             .ok_or_else(|| anyhow!("no {key}= in the ready line of {:?}", self.args))
     }
 
+    /// The whole log, every run of the process included.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<_> = text.lines().collect();

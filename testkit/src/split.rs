@@ -2,7 +2,9 @@
 //! on the real engines that `scripts/services.sh` runs (their URLs from `LINKER_TEST_*`).
 //!
 //! Each deployment gets a domain name of its own, so topics, subjects, keys and databases of
-//! different tests never meet. Any process can be SIGKILLed and restarted.
+//! different tests never meet. Any process can be SIGKILLed and restarted. With
+//! `meta_server`, a `linker meta-server` on a fixed port serves the network, and every process
+//! follows it (`meta_url`), so the meta-server too can be killed and started again.
 
 use std::path::Path;
 
@@ -48,6 +50,8 @@ pub struct SplitOptions {
     pub presence_ttl_ms: u64,
     pub extra_connector_yaml: String,
     pub extra_processor_yaml: String,
+    /// Run a meta-server that the processes poll for their network.
+    pub meta_server: bool,
 }
 
 impl Default for SplitOptions {
@@ -59,6 +63,7 @@ impl Default for SplitOptions {
             presence_ttl_ms: 3_000,
             extra_connector_yaml: String::new(),
             extra_processor_yaml: String::new(),
+            meta_server: false,
         }
     }
 }
@@ -81,6 +86,8 @@ pub struct Split {
     pub domain: String,
     pub connectors: Vec<LinkerProcess>,
     pub processors: Vec<LinkerProcess>,
+    /// The meta-server, if the options asked for one.
+    pub meta: Option<LinkerProcess>,
 }
 
 impl Split {
@@ -96,12 +103,25 @@ impl Split {
         let dir = tempfile::tempdir()?;
         let domain = fresh_domain();
         let network = TEST_NETWORK.replace("domain-01", &domain);
+        let mut meta = None;
+        let mut follow = String::new();
+        if o.meta_server {
+            // A fixed port, so that a restarted meta-server is where the processes look.
+            let port = crate::network::free_port()?;
+            let path = dir.path().join("network.yaml");
+            std::fs::write(&path, &network)?;
+            let (path, listen) = (path.display().to_string(), format!("127.0.0.1:{port}"));
+            let args = ["meta-server", "--config", &path, "--listen", &listen];
+            let log = dir.path().join("meta-server.log");
+            meta = Some(LinkerProcess::start(bin, &args, &log).await?);
+            follow = format!("  meta_url: http://{listen}\n  meta_poll_ms: 200\n");
+        }
         let config = format!(
             "{network}
 linker:
   domain: {domain}
   metrics_listen: 127.0.0.1:0
-  engines:
+{follow}  engines:
     nats_url: {nats}
     kafka_brokers: {kafka}
     kafka_partitions: 4
@@ -147,6 +167,7 @@ linker:
             domain,
             connectors,
             processors,
+            meta,
         })
     }
 }
@@ -190,6 +211,7 @@ impl Deployment for Split {
         self.processors
             .iter()
             .chain(&self.connectors)
+            .chain(&self.meta)
             .map(|p| p.log_tail())
             .collect::<Vec<_>>()
             .join("\n")
