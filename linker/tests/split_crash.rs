@@ -1,14 +1,14 @@
 //! Crash tests of a split deployment under a steady RELIABLE load: a processor SIGKILLed
 //! mid-stream loses nothing and duplicates nothing; a SIGKILLed connector's users get what
-//! was sent to them once they reconnect elsewhere; a rolling restart (every connector, then
-//! every processor, SIGTERM and start again) under a load of senders that resend with the same
-//! reference what was not accepted; and a crash matrix, run twice (processes:
-//! processor SIGKILL, connector SIGKILL, processor SIGTERM, each restarted, and the meta-server
-//! every process follows SIGKILLed and restarted; engines: NATS and
-//! MongoDB each stopped and started again), under load, where acking receivers get every
-//! message, never twice on one socket, in each sender's order, and an original-protocol
-//! receiver gets every message at least once. Every message is counted. (Kafka and Redis
-//! restarts: `split_engines.rs`.)
+//! was sent to them once they reconnect elsewhere; a crash matrix (processor SIGKILL,
+//! connector SIGKILL, processor SIGTERM, each restarted, and the meta-server every process
+//! follows SIGKILLed and restarted; NATS and MongoDB each stopped and started again), where
+//! acking receivers get every message, never twice on one socket, in each sender's order, and
+//! an original-protocol receiver gets every message at least once; and the same checks with
+//! careful senders, which resend with the same reference what was not accepted: a rolling
+//! restart (every connector, then every processor, SIGTERM and start again) and Kafka and
+//! Redis each stopped and started again. Every message is counted. A test that stops an
+//! engine runs alone (`ENGINES`): the others would see it go.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -18,12 +18,16 @@ use std::time::Duration;
 use serde_json::json;
 use testkit::{Client, Deployment, Split, SplitOptions, StoppedEngine, unique_user};
 
+/// Taken for writing by a test that stops engines, for reading by the others.
+static ENGINES: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_linker"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_processor_killed_mid_stream_loses_and_duplicates_nothing() {
+    let _engines = ENGINES.read().await;
     let mut d = Split::start(bin()).await.unwrap();
     let (a_id, b_id) = (unique_user(), unique_user());
     let mut a = Client::login(&d.ws_url(0), &a_id).await.unwrap();
@@ -78,6 +82,7 @@ async fn a_processor_killed_mid_stream_loses_and_duplicates_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_connectors_users_fetch_what_was_sent_to_them_elsewhere() {
+    let _engines = ENGINES.read().await;
     let options = SplitOptions {
         presence_ttl_ms: 2_000,
         ..SplitOptions::default()
@@ -263,6 +268,7 @@ async fn resends_nothing(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_matrix_acking_receivers_get_each_message_once_and_in_order() {
+    let _engines = ENGINES.read().await;
     use Event::*;
     let events = [
         (20, KillProcessor(0)),
@@ -288,6 +294,7 @@ async fn crash_matrix_acking_receivers_get_each_message_once_and_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_and_mongodb_restarts_lose_repeat_and_reorder_nothing() {
+    let _engines = ENGINES.write().await;
     use Event::*;
     let events = [
         (20, StopEngine("nats")),
@@ -300,6 +307,37 @@ async fn nats_and_mongodb_restarts_lose_repeat_and_reorder_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_restart_under_load_loses_repeats_and_reorders_nothing() {
+    let _engines = ENGINES.read().await;
+    use Event::*;
+    // One process after the other, each stopped with SIGTERM and started again, while the load
+    // runs: both connectors, then both processors.
+    let events = [
+        (8, RollConnector(1)),
+        (20, RollConnector(0)),
+        (32, RollProcessor(0)),
+        (44, RollProcessor(1)),
+    ];
+    careful(&events).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_and_redis_restarts_lose_repeat_and_reorder_nothing() {
+    let _engines = ENGINES.write().await;
+    use Event::*;
+    // While Kafka is down nothing RELIABLE is accepted: the senders are told and send again.
+    let events = [
+        (10, StopEngine("kafka")),
+        (20, StartEngine),
+        (35, StopEngine("redis")),
+        (45, StartEngine),
+    ];
+    careful(&events).await;
+}
+
+/// As `matrix`, with careful senders (`send_accepted`): each message waits for
+/// `MESSAGE_ACCEPTED` and is sent again, with the same reference, when it was refused or its
+/// connector went away. `events` happen when sender 0 reaches their round.
+async fn careful(events: &[(usize, Event)]) {
     let options = SplitOptions {
         presence_ttl_ms: 2_000,
         ..SplitOptions::default()
@@ -322,8 +360,6 @@ async fn a_rolling_restart_under_load_loses_repeats_and_reorders_nothing() {
         )));
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    // The senders log in on connector 0 and, like any careful client, resend with the same
-    // reference what was not accepted when their connector goes away.
     let to: Vec<String> = receivers.iter().map(|(u, _)| u.clone()).collect();
     let rounds = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let sender_urls = Arc::new(std::sync::Mutex::new(vec![d.ws_url(0), d.ws_url(1)]));
@@ -333,38 +369,31 @@ async fn a_rolling_restart_under_load_loses_repeats_and_reorders_nothing() {
             tokio::spawn(send_accepted(urls, si, to, PER_PAIR, rounds))
         })
         .collect();
-    // One process after the other, each stopped with SIGTERM and started again, while the load
-    // runs: both connectors, then both processors.
-    for (step, at) in [8, 20, 32, 44].into_iter().enumerate() {
+    let mut stopped = Vec::new();
+    for &(at, event) in events {
+        // While an engine is down the senders may not get far: it comes back after 3 s at most.
+        let patience = tokio::time::Instant::now() + Duration::from_secs(3);
         while rounds.load(std::sync::atomic::Ordering::Relaxed) < at {
             if sending.iter().any(|s| s.is_finished()) {
                 break; // one failed (reported below), or all is sent
             }
+            if !stopped.is_empty() && tokio::time::Instant::now() > patience {
+                break;
+            }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let (kind, process) = match step {
-            0 => ("connector", &mut d.connectors[1]),
-            1 => ("connector", &mut d.connectors[0]),
-            2 => ("processor", &mut d.processors[0]),
-            _ => ("processor", &mut d.processors[1]),
-        };
-        let code = process.terminate().await.unwrap();
-        assert_eq!(code, Some(0), "a {kind} stops cleanly on SIGTERM");
-        process.restart().await.unwrap();
-        println!("round {at}: {kind} restarted");
-        if kind == "connector" {
-            // A restarted connector listens on a new port.
-            let i = if step == 0 { 1 } else { 0 };
-            urls.lock().unwrap().push(d.ws_url(i));
-            sender_urls.lock().unwrap().push(d.ws_url(i));
-        }
+        let round = rounds.load(std::sync::atomic::Ordering::Relaxed);
+        println!("round {round} (planned {at}): {event:?}");
+        apply(&mut d, event, &mut stopped, &[&urls, &sender_urls]).await;
     }
     for s in sending {
         let resent = s
             .await
             .unwrap()
             .unwrap_or_else(|e| panic!("{e:#}\n{}", d.diagnostics()));
-        println!("a sender resent {resent} unaccepted messages after reconnecting");
+        println!(
+            "a sender sent {resent} messages again (refused, or not accepted before its socket died)"
+        );
     }
     check(&d, &receivers, tasks, 2, PER_PAIR).await;
 }
@@ -372,7 +401,8 @@ async fn a_rolling_restart_under_load_loses_repeats_and_reorders_nothing() {
 /// Sender `si` sends `s{si}-{n}` to each of `to`, n in 0..per_pair, RELIABLE with a reference,
 /// one at a time: the next only once the server answered `MESSAGE_ACCEPTED`. When its socket
 /// dies it logs in again (acking) on a connector in `urls` and sends the same message with
-/// the same reference, which the server recognises if it had it already. Counts the resends;
+/// the same reference, which the server recognises if it had it already; refused because an
+/// engine is unavailable, it sends it again a moment later. Counts the resends;
 /// sender 0 counts the rounds in `rounds`.
 async fn send_accepted(
     urls: Arc<std::sync::Mutex<Vec<String>>>,
@@ -406,7 +436,15 @@ async fn send_accepted(
                                 }
                             }
                             Ok(Ok(f)) if f["type"] == "GENERAL_ERROR" => {
-                                anyhow::bail!("{content} to {r} refused: {f}")
+                                let reason = f["data"]["reason"].as_str().unwrap_or_default();
+                                anyhow::ensure!(
+                                    reason.ends_with("_UNAVAILABLE"),
+                                    "{content} to {r} refused: {f}"
+                                );
+                                // An engine is down: the same message again, a moment later.
+                                tokio::time::sleep(Duration::from_millis(200)).await;
+                                resent += 1;
+                                continue 'accepted;
                             }
                             Ok(Ok(_)) => {}
                             Ok(Err(_)) | Err(_) => break,
@@ -441,6 +479,10 @@ enum Event {
     KillMetaServer,
     /// ... and starts it again on its port.
     RestartMetaServer,
+    /// Stops a connector with SIGTERM (it must exit 0) and starts it again (on a new port).
+    RollConnector(usize),
+    /// Stops a processor with SIGTERM (it must exit 0) and starts it again.
+    RollProcessor(usize),
 }
 
 /// Two senders on connector 0 send RELIABLE messages to two acking receivers and one of the
@@ -494,35 +536,7 @@ async fn matrix(events: &[(usize, Event)]) -> Split {
         }
         for (_, event) in events.iter().filter(|(at, _)| *at == n) {
             println!("round {n}: {event:?}");
-            match *event {
-                Event::KillProcessor(i) => d.processors[i].kill().await.unwrap(),
-                Event::TerminateProcessor(i) => {
-                    let code = d.processors[i].terminate().await.unwrap();
-                    assert_eq!(code, Some(0), "a processor stops cleanly on SIGTERM");
-                }
-                Event::RestartProcessor(i) => d.processors[i].restart().await.unwrap(),
-                Event::KillConnector(i) => d.connectors[i].kill().await.unwrap(),
-                Event::RestartConnector(i) => {
-                    d.connectors[i].restart().await.unwrap();
-                    urls.lock().unwrap().push(d.ws_url(i));
-                }
-                Event::StopEngine(engine) => {
-                    let guard = tokio::task::spawn_blocking(move || StoppedEngine::stop(engine))
-                        .await
-                        .unwrap()
-                        .unwrap_or_else(|e| panic!("stop {engine}: {e:#}"));
-                    stopped.push(guard);
-                }
-                Event::StartEngine => {
-                    let guard = stopped.pop().expect("an engine was stopped");
-                    tokio::task::spawn_blocking(move || guard.start())
-                        .await
-                        .unwrap()
-                        .expect("the engine is back up");
-                }
-                Event::KillMetaServer => meta(&mut d).kill().await.unwrap(),
-                Event::RestartMetaServer => meta(&mut d).restart().await.unwrap(),
-            }
+            apply(&mut d, *event, &mut stopped, &[&urls]).await;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -531,6 +545,60 @@ async fn matrix(events: &[(usize, Event)]) -> Split {
     drop(clients);
     check(&d, &receivers, tasks, senders.len(), PER_PAIR).await;
     d
+}
+
+/// Carries `event` out on `d`. A restarted connector listens on a new port: its url is added
+/// to each list of `urls`. A stopped engine is kept in `stopped` until `StartEngine`.
+async fn apply(
+    d: &mut Split,
+    event: Event,
+    stopped: &mut Vec<StoppedEngine>,
+    urls: &[&std::sync::Mutex<Vec<String>>],
+) {
+    match event {
+        Event::KillProcessor(i) => d.processors[i].kill().await.unwrap(),
+        Event::TerminateProcessor(i) => {
+            let code = d.processors[i].terminate().await.unwrap();
+            assert_eq!(code, Some(0), "a processor stops cleanly on SIGTERM");
+        }
+        Event::RestartProcessor(i) => d.processors[i].restart().await.unwrap(),
+        Event::KillConnector(i) => d.connectors[i].kill().await.unwrap(),
+        Event::RestartConnector(i) => {
+            d.connectors[i].restart().await.unwrap();
+            for urls in urls {
+                urls.lock().unwrap().push(d.ws_url(i));
+            }
+        }
+        Event::StopEngine(engine) => {
+            let guard = tokio::task::spawn_blocking(move || StoppedEngine::stop(engine))
+                .await
+                .unwrap()
+                .unwrap_or_else(|e| panic!("stop {engine}: {e:#}"));
+            stopped.push(guard);
+        }
+        Event::StartEngine => {
+            let guard = stopped.pop().expect("an engine was stopped");
+            tokio::task::spawn_blocking(move || guard.start())
+                .await
+                .unwrap()
+                .expect("the engine is back up");
+        }
+        Event::KillMetaServer => meta(d).kill().await.unwrap(),
+        Event::RestartMetaServer => meta(d).restart().await.unwrap(),
+        Event::RollConnector(i) => {
+            let code = d.connectors[i].terminate().await.unwrap();
+            assert_eq!(code, Some(0), "a connector stops cleanly on SIGTERM");
+            d.connectors[i].restart().await.unwrap();
+            for urls in urls {
+                urls.lock().unwrap().push(d.ws_url(i));
+            }
+        }
+        Event::RollProcessor(i) => {
+            let code = d.processors[i].terminate().await.unwrap();
+            assert_eq!(code, Some(0), "a processor stops cleanly on SIGTERM");
+            d.processors[i].restart().await.unwrap();
+        }
+    }
 }
 
 fn meta(d: &mut Split) -> &mut testkit::process::LinkerProcess {
@@ -625,6 +693,7 @@ impl Tally {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connector_stopped_with_sigterm_says_1001_and_its_acking_user_resumes_elsewhere() {
+    let _engines = ENGINES.read().await;
     let mut d = Split::start(bin()).await.unwrap();
     let (a_id, b_id) = (unique_user(), unique_user());
     let mut a = Client::login(&d.ws_url(0), &a_id).await.unwrap();
