@@ -51,6 +51,9 @@ pub(crate) async fn run(
             next = inbound.recv() => next,
         };
         let Some(inbound) = next else { break };
+        let waited = common::now_millis().saturating_sub(inbound.envelope.created_at);
+        metrics::histogram!("linker_bus_latency_seconds", "feature" => inbound.envelope.feature.label())
+            .record(waited as f64 / 1000.0);
         while let Some(ended) = tasks.try_join_next() {
             report_panic(ended);
         }
