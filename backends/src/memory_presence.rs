@@ -94,6 +94,18 @@ impl Presence for MemoryPresence {
             .unwrap_or_default())
     }
 
+    async fn lookup_all(&self, users: &[UserId]) -> Result<Vec<Vec<SocketAddress>>, PresenceError> {
+        Ok(users
+            .iter()
+            .map(|user| {
+                self.sockets
+                    .get(user)
+                    .map(|s| s.clone())
+                    .unwrap_or_default()
+            })
+            .collect())
+    }
+
     async fn join(
         &self,
         channel: &Channel,

@@ -26,6 +26,8 @@ pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 pub const PROCESSED_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 /// Most sockets refreshed by one script call (one round trip).
 const REFRESH_BATCH: usize = 500;
+/// Most users looked up by one script call (one round trip); a larger group takes several.
+const LOOKUP_BATCH: usize = 1000;
 /// Longest pause between two attempts to take a held lock.
 const LOCK_POLL_MAX: Duration = Duration::from_millis(100);
 
@@ -72,6 +74,18 @@ end
 return live
 ";
 
+/// For each of `KEYS`, the members that have not expired by the server's now: one array per
+/// key, in the order of the keys.
+const LOOKUP_ALL_SCRIPT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local found = {}
+for i, key in ipairs(KEYS) do
+  found[i] = redis.call('ZRANGEBYSCORE', key, '(' .. now, '+inf')
+end
+return found
+";
+
 /// Deletes the lock `KEYS[1]` only if it still holds our token `ARGV[1]`.
 const UNLOCK_SCRIPT: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -109,6 +123,7 @@ pub struct RedisPresence {
     add: Script,
     lookup: Script,
     members: Script,
+    lookup_all: Script,
     unlock: Script,
     claim: Script,
     grant: Script,
@@ -147,6 +162,7 @@ impl RedisPresence {
             add: Script::new(ADD_SCRIPT),
             lookup: Script::new(LOOKUP_SCRIPT),
             members: Script::new(MEMBERS_SCRIPT),
+            lookup_all: Script::new(LOOKUP_ALL_SCRIPT),
             unlock: Script::new(UNLOCK_SCRIPT),
             claim: Script::new(CLAIM_SCRIPT),
             grant: Script::new(GRANT_SCRIPT),
@@ -242,6 +258,20 @@ fn member(socket: &SocketAddress) -> String {
     format!("{}/{}", socket.connector, socket.socket)
 }
 
+/// The sockets of `user`'s presence entries; an unreadable entry is skipped (logged).
+fn parse_members(user: &UserId, members: &[String]) -> Vec<SocketAddress> {
+    members
+        .iter()
+        .filter_map(|m| {
+            let parsed = parse_member(m);
+            if parsed.is_none() {
+                tracing::warn!(user = %user, member = %m, "unreadable presence entry skipped");
+            }
+            parsed
+        })
+        .collect()
+}
+
 fn parse_member(member: &str) -> Option<SocketAddress> {
     let (connector, socket) = member.rsplit_once('/')?;
     Some(SocketAddress {
@@ -276,15 +306,31 @@ impl Presence for RedisPresence {
                     .invoke_async(&mut con),
             )
             .await?;
-        Ok(members
+        Ok(parse_members(user, &members))
+    }
+
+    async fn lookup_all(&self, users: &[UserId]) -> Result<Vec<Vec<SocketAddress>>, PresenceError> {
+        let mut found: Vec<Vec<String>> = Vec::with_capacity(users.len());
+        for batch in users.chunks(LOOKUP_BATCH) {
+            let mut invocation = self.lookup_all.prepare_invoke();
+            for user in batch {
+                invocation.key(self.presence_key(user));
+            }
+            let mut con = self.con.clone();
+            let answers: Vec<Vec<String>> = self.bounded(invocation.invoke_async(&mut con)).await?;
+            if answers.len() != batch.len() {
+                return Err(PresenceError::Unavailable(format!(
+                    "redis: {} users looked up, {} answers",
+                    batch.len(),
+                    answers.len()
+                )));
+            }
+            found.extend(answers);
+        }
+        Ok(users
             .iter()
-            .filter_map(|m| {
-                let parsed = parse_member(m);
-                if parsed.is_none() {
-                    tracing::warn!(user = %user, member = %m, "unreadable presence entry skipped");
-                }
-                parsed
-            })
+            .zip(&found)
+            .map(|(user, members)| parse_members(user, members))
             .collect())
     }
 

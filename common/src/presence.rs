@@ -37,6 +37,11 @@ pub trait Presence: Send + Sync + 'static {
     /// Every socket `user` holds, on any connector of the domain.
     async fn lookup(&self, user: &UserId) -> Result<Vec<SocketAddress>, PresenceError>;
 
+    /// `lookup` of every user of `users` at once (a group's members): one list of sockets
+    /// per user, in the order of `users`. A shared engine answers in one round trip per batch,
+    /// not one per user.
+    async fn lookup_all(&self, users: &[UserId]) -> Result<Vec<Vec<SocketAddress>>, PresenceError>;
+
     /// Takes `user`'s lock, waiting up to `wait`; it expires by itself after `ttl`.
     async fn lock(
         &self,

@@ -340,6 +340,11 @@ fn describe_metrics() {
         metrics::Unit::Seconds,
         "from the connector taking a client's frame to its delivery to the target's connector (RELIABLE: written to a socket), by feature"
     );
+    describe_histogram!(
+        "linker_bus_latency_seconds",
+        metrics::Unit::Seconds,
+        "from the connector taking a client's frame to a processor taking it from the bus, by feature"
+    );
     describe_counter!(
         "linker_stored_total",
         "frames stored for a user who could not take them"

@@ -451,12 +451,13 @@ impl Processor {
         frame: &str,
         to: &[UserId],
     ) -> Result<(), ProcessError> {
-        let mut sockets = Vec::new();
-        for user in to {
-            for s in self.presence.lookup(user).await? {
-                sockets.push((user, s));
-            }
-        }
+        // One lookup for all members (one round trip per batch on a shared engine).
+        let found = self.presence.lookup_all(to).await?;
+        let sockets: Vec<(&UserId, SocketAddress)> = to
+            .iter()
+            .zip(found)
+            .flat_map(|(user, sockets)| sockets.into_iter().map(move |s| (user, s)))
+            .collect();
         let report = feature == Feature::Reliable;
         // Recipients at least one of whose sockets took it (a set: groups are large).
         let mut took: HashSet<UserId> = HashSet::new();

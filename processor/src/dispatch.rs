@@ -1,25 +1,29 @@
-//! The worker pool: envelopes of one sender go to one worker, in order.
+//! Dispatch: each sender's envelopes are handled in order, different senders' at once.
 //!
-//! The dispatcher hashes the sender id to a worker's bounded queue; a full queue makes the
-//! dispatcher wait, which holds the bus back. A worker acknowledges an envelope once it was
-//! delivered or stored. A RELIABLE envelope that fails because an engine is down is retried
-//! with backoff, unacknowledged, until the engine is back; any other failure is told to the
-//! sender as a GENERAL_ERROR.
+//! Every envelope taken from the bus joins its sender's lane (`lanes`); one task per sender
+//! with a lane handles them one after the other, and at most `workers` envelopes (each of a
+//! different sender) are handled at the same moment. Each envelope holds one of
+//! `worker_queue` places until it is done: when all are taken the dispatcher waits, which
+//! holds the bus back. A worker acknowledges an envelope once it was delivered or stored. A
+//! RELIABLE envelope that fails because an engine is down is retried with backoff,
+//! unacknowledged, until the engine is back, holding back only its own sender; any other
+//! failure is told to the sender as a GENERAL_ERROR.
 
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use common::bus::Inbound;
 use common::envelope::{Body, ConnectorCommand, Envelope, Target};
 use common::frame::{Feature, out_general_error};
+use common::ids::UserId;
 
 use crate::deliver::Meta;
+use crate::lanes::{Held, Lanes};
 use crate::{ProcessError, Processor};
 
 pub(crate) async fn run(
@@ -27,67 +31,149 @@ pub(crate) async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), ProcessError> {
     let mut inbound = p.bus.consume(&p.config.name).await?;
+    let held = p.config.worker_queue.max(1);
+    let places = Arc::new(Semaphore::new(held));
+    let workers = Arc::new(Semaphore::new(p.config.workers.max(1)));
+    let lanes = Arc::new(Lanes::default());
     let mut tasks = JoinSet::new();
-    let mut workers = Vec::with_capacity(p.config.workers.max(1));
-    for _ in 0..p.config.workers.max(1) {
-        let (tx, rx) = mpsc::channel(p.config.worker_queue);
-        workers.push(tx);
-        tasks.spawn(work(p.clone(), rx, shutdown.clone()));
-    }
-    info!(processor = %p.config.name, workers = workers.len(), "processing");
+    info!(processor = %p.config.name, workers = p.config.workers.max(1), held, "processing");
     loop {
+        // A place first, then an envelope: a full processor leaves envelopes on the bus.
+        let place = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            place = places.clone().acquire_owned() => match place {
+                Ok(place) => place,
+                Err(_) => break,
+            },
+        };
         let next = tokio::select! {
             _ = shutdown.cancelled() => break,
             next = inbound.recv() => next,
         };
         let Some(inbound) = next else { break };
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        inbound.envelope.from.hash(&mut h);
-        let worker = &workers[(h.finish() % workers.len() as u64) as usize];
-        if worker.send(inbound).await.is_err() {
-            break;
+        let waited = common::now_millis().saturating_sub(inbound.envelope.created_at);
+        metrics::histogram!("linker_bus_latency_seconds", "feature" => inbound.envelope.feature.label())
+            .record(waited as f64 / 1000.0);
+        while let Some(ended) = tasks.try_join_next() {
+            report_panic(ended);
+        }
+        metrics::gauge!("linker_processor_held").set((held - places.available_permits()) as f64);
+        metrics::gauge!("linker_processor_busy_senders").set(lanes.senders() as f64);
+        if let Some(first) = lanes.push(Held { inbound, place }) {
+            let lane = Lane {
+                p: p.clone(),
+                lanes: lanes.clone(),
+                workers: workers.clone(),
+                shutdown: shutdown.clone(),
+            };
+            tasks.spawn(lane.run(first));
         }
     }
-    drop(workers);
-    while tasks.join_next().await.is_some() {}
+    // Queued work is finished first: each sender's task works through its lane.
+    while let Some(ended) = tasks.join_next().await {
+        report_panic(ended);
+    }
     info!(processor = %p.config.name, "stopped");
     Ok(())
 }
 
-async fn work(p: Arc<Processor>, mut rx: mpsc::Receiver<Inbound>, shutdown: CancellationToken) {
-    while let Some(Inbound { envelope, ack }) = rx.recv().await {
-        let reliable = envelope.feature == Feature::Reliable;
-        let mut backoff = Duration::from_millis(100);
-        // Set once delivered or stored: a retry after that only retries the processed mark.
-        let mut handled = false;
+fn report_panic(ended: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = ended
+        && e.is_panic()
+    {
+        error!(error = %e, "a sender's task panicked; its envelopes stay unacknowledged");
+    }
+}
+
+/// What the task of one sender's lane needs.
+struct Lane {
+    p: Arc<Processor>,
+    lanes: Arc<Lanes>,
+    workers: Arc<Semaphore>,
+    shutdown: CancellationToken,
+}
+
+impl Lane {
+    /// Handles `first`, then every envelope queued behind it for the same sender, in order.
+    async fn run(self, first: Held) {
+        let sender = first.inbound.envelope.from.clone();
+        // Drops the lane, unacknowledged, if this task stops before it is empty (shutdown
+        // while retrying, or a panic), so the sender is not blocked for good.
+        let mut abandon = AbandonOnDrop {
+            lanes: &self.lanes,
+            sender: &sender,
+            armed: true,
+        };
+        let mut held = first;
         loop {
-            let result = if reliable {
-                p.handle_once(&envelope, &mut handled).await
-            } else {
-                p.handle(&envelope).await
+            let Ok(worker) = self.workers.acquire().await else {
+                return;
             };
-            match result {
-                Ok(()) => break,
-                Err(e) if reliable && e.is_transient() => {
-                    // Not acknowledged while it fails: an engine is down. Keep the sender's
-                    // order and retry until it is back.
-                    warn!(user = %envelope.from, id = %envelope.id, reason = e.reason(), error = %e, "retrying in {backoff:?}");
-                    metrics::counter!("linker_processor_retries_total", "reason" => e.reason())
-                        .increment(1);
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return, // unacknowledged: redelivered
-                        _ = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                }
-                Err(e) => {
-                    tell_sender(&p, &envelope, &e).await;
-                    break;
-                }
+            let Held { inbound, place } = held;
+            if !work(&self.p, inbound, &self.shutdown).await {
+                return; // shut down while retrying: it and the rest of the lane come again
+            }
+            drop((worker, place));
+            match self.lanes.next(&sender) {
+                Some(next) => held = next,
+                None => break,
             }
         }
-        ack.done();
+        abandon.armed = false; // the lane is empty and gone
     }
+}
+
+/// Abandons a sender's lane when dropped while armed.
+struct AbandonOnDrop<'a> {
+    lanes: &'a Lanes,
+    sender: &'a UserId,
+    armed: bool,
+}
+
+impl Drop for AbandonOnDrop<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.lanes.abandon(self.sender);
+        }
+    }
+}
+
+/// Handles one envelope and acknowledges it; false if shutdown came while it was being
+/// retried (it stays unacknowledged).
+async fn work(p: &Processor, inbound: Inbound, shutdown: &CancellationToken) -> bool {
+    let Inbound { envelope, ack } = inbound;
+    let reliable = envelope.feature == Feature::Reliable;
+    let mut backoff = Duration::from_millis(100);
+    // Set once delivered or stored: a retry after that only retries the processed mark.
+    let mut handled = false;
+    loop {
+        let result = if reliable {
+            p.handle_once(&envelope, &mut handled).await
+        } else {
+            p.handle(&envelope).await
+        };
+        match result {
+            Ok(()) => break,
+            Err(e) if reliable && e.is_transient() => {
+                // Not acknowledged while it fails: an engine is down. Keep the sender's
+                // order and retry until it is back.
+                warn!(user = %envelope.from, id = %envelope.id, reason = e.reason(), error = %e, "retrying in {backoff:?}");
+                metrics::counter!("linker_processor_retries_total", "reason" => e.reason())
+                    .increment(1);
+                tokio::select! {
+                    _ = shutdown.cancelled() => return false,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+            Err(e) => {
+                tell_sender(p, &envelope, &e).await;
+                break;
+            }
+        }
+    }
+    ack.done();
+    true
 }
 
 /// Longest wait between two tries of an envelope while an engine is down.

@@ -1,12 +1,14 @@
 //! The processor: decides where each envelope goes and gets it there.
 //!
 //! It consumes the domain's inbound envelopes, keeps one sender's envelopes in order (one
-//! worker per sender hash), looks targets up in presence, asks connectors to write frames,
+//! task per sender with envelopes in hand), looks targets up in presence, asks connectors to write frames,
 //! stores what could not be written, and confirms delivery to senders. It never touches a
 //! socket and names no engine.
 //!
 //! Layout:
-//! - [`dispatch`]: the worker pool and the per-envelope dispatch.
+//! - [`dispatch`]: taking envelopes from the bus, handling each sender's in order and
+//!   different senders' at once, acknowledging them; the per-envelope dispatch.
+//! - `lanes`: the envelopes held, queued per sender.
 //! - [`route`]: whether a target lives here, and relaying to the domain where it does.
 //! - [`links`]: the TCP links to neighbouring domains.
 //! - [`outbox`]: relays waiting for a path, kept in the store and sent when one is back.
@@ -23,6 +25,7 @@ pub mod deliver;
 pub mod dispatch;
 pub mod events;
 pub mod fetch;
+mod lanes;
 pub mod links;
 pub mod outbox;
 pub mod resume;
@@ -46,9 +49,11 @@ use common::store::{Store, StoreError};
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub name: String,
-    /// Envelopes handled at once; one sender's envelopes always go to the same worker.
+    /// Envelopes handled at once, never two of the same sender (one sender's envelopes are
+    /// handled in order).
     pub workers: usize,
-    /// Envelopes queued per worker.
+    /// Envelopes held at once: being handled, or waiting for their sender's earlier ones or
+    /// for a worker. When all are held the processor takes nothing more from the bus.
     pub worker_queue: usize,
     /// How long to wait for a connector to report a write before storing the message.
     pub delivery_timeout_ms: u64,
@@ -83,8 +88,8 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             name: "processor-01".into(),
-            workers: 64,
-            worker_queue: 1024,
+            workers: 1024,
+            worker_queue: 4096,
             delivery_timeout_ms: 5_000,
             fetch_lock_ttl_ms: 60_000,
             fetch_lock_wait_ms: 5_000,

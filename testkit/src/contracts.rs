@@ -364,6 +364,65 @@ async fn channel_grants(p: &dyn Presence, u: &UserId) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `lookup_all` answers what `lookup` answers for each user, in order, offline users
+/// included, for a group larger than the largest GROUP_MESSAGE (1000 by default).
+async fn lookup_all(p: &dyn Presence) -> anyhow::Result<()> {
+    ensure!(p.lookup_all(&[]).await?.is_empty(), "no users, no answers");
+    let base = fresh_user().as_str()["ANZ-".len()..].parse::<u64>()? * 10_000;
+    let users: Vec<UserId> = (0..1500).map(|i| user(base + i)).collect();
+    // Every third user is offline, every fifth holds a second socket on another connector.
+    for (i, u) in users.iter().enumerate() {
+        if i % 3 == 0 {
+            continue;
+        }
+        p.add(u, &addr("connector-01", i as u64)).await?;
+        if i % 5 == 0 {
+            p.add(u, &addr("connector-02", 10_000 + i as u64)).await?;
+        }
+    }
+    let expected = |i: usize| match (i % 3, i % 5) {
+        (0, _) => vec![],
+        (_, 0) => vec![
+            addr("connector-01", i as u64),
+            addr("connector-02", 10_000 + i as u64),
+        ],
+        _ => vec![addr("connector-01", i as u64)],
+    };
+    // The same user twice gets its sockets twice (a group may name a member twice).
+    let order: Vec<usize> = (0..users.len()).chain([1]).collect();
+    let asked: Vec<UserId> = order.iter().map(|i| users[*i].clone()).collect();
+    let found = p.lookup_all(&asked).await?;
+    ensure!(
+        found.len() == asked.len(),
+        "one answer per user: {} for {}",
+        found.len(),
+        asked.len()
+    );
+    for (i, mut sockets) in order.iter().copied().zip(found) {
+        sockets.sort_by_key(|a| a.socket);
+        ensure!(
+            sockets == expected(i),
+            "user #{i}: lookup_all answered {sockets:?}, expected {:?}",
+            expected(i)
+        );
+    }
+    let mut one = p.lookup(&users[5]).await?;
+    one.sort_by_key(|a| a.socket);
+    ensure!(one == expected(5), "lookup agrees with lookup_all");
+    for (i, u) in users.iter().enumerate() {
+        if i % 3 != 0 {
+            p.remove(u, &addr("connector-01", i as u64)).await?;
+            p.remove(u, &addr("connector-02", 10_000 + i as u64))
+                .await?;
+        }
+    }
+    ensure!(
+        p.lookup_all(&users).await?.iter().all(Vec::is_empty),
+        "every socket removed"
+    );
+    Ok(())
+}
+
 /// Sockets per user, locks that exclude and expire, processed marks (if the engine keeps
 /// them: `keeps_marks` is false for the in-memory presence, whose bus never redelivers).
 pub async fn presence_contract(p: &dyn Presence, keeps_marks: bool) -> anyhow::Result<()> {
@@ -401,6 +460,7 @@ pub async fn presence_contract(p: &dyn Presence, keeps_marks: bool) -> anyhow::R
 
     channel_membership(p, &u).await?;
     channel_grants(p, &u).await?;
+    lookup_all(p).await?;
 
     let id = MessageId::new();
     ensure!(!p.is_processed(id).await?, "a new id is not processed");
