@@ -1,7 +1,7 @@
 //! The test page in a real browser: headless Debian Chromium, driven by playwright-core
 //! (`test-script/browser/two-pages.mjs`), two pages exchanging messages through
-//! `linker domain`. Needs `scripts/setup-browser.sh` to have run (the README's test command
-//! does it).
+//! `linker domain`, then acknowledging them across a resume, then in a channel. Needs
+//! `scripts/setup-browser.sh` to have run (the README's test command does it).
 
 use std::path::Path;
 

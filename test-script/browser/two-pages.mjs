@@ -4,7 +4,11 @@
 // playwright-core; no browser is ever downloaded), connects and authenticates
 // both users through the UI, sends a RELIABLE message with a reference from A
 // to B (B must show it, A must get a MESSAGE_CONFIRMATION), then a FAST reply
-// from B to A (A must show it).
+// from B to A (A must show it). Then both log in again with "acknowledge": B
+// must acknowledge a numbered message (an ACK {upTo} leaves its log), and after
+// B reconnects, the resume must send what was kept while B was away but not
+// the acknowledged message. Last, both join a channel, A posts, both show the
+// post (B with its seq), Members lists both, and B leaves.
 //
 // Environment:
 //   LINKER_PAGE_URL        page URL, e.g. http://127.0.0.1:4400/   (required)
@@ -127,6 +131,190 @@ async function sendMessage(page, { to, content, feature, reference }) {
   await page.click('#send');
 }
 
+// Disconnects if connected, sets "acknowledge", logs in again and waits for the resume to
+// end (RESUME_COMPLETE). Returns that frame.
+async function reconnectAcking(page, name, user) {
+  if (await page.isEnabled('#disconnect')) await page.click('#disconnect');
+  await waitForExactText(page, '#state', 'disconnected', name);
+  await page.check('#ack');
+  const from = await logCount(page);
+  await connectAndAuth(page, name, user);
+  const auth = await waitForFrame(page, from, 'out', 'AUTH_CLIENT', name);
+  if (auth.data.ack !== true) fail(`${name}: AUTH_CLIENT data has no "ack": true: ${JSON.stringify(auth)}`);
+  const reply = await waitForFrame(page, from, 'in', 'AUTH_CLIENT_REPLY', name);
+  if (reply.data.ack !== true) fail(`${name}: AUTH_CLIENT_REPLY does not say "ack": true: ${JSON.stringify(reply)}`);
+  const done = await waitForFrame(page, from, 'in', 'RESUME_COMPLETE', name);
+  await waitForExactText(page, '#resume-state', `complete, ${done.data.resent} resent`, name);
+  step(`${name} logged in again with "acknowledge"; resume complete, ${done.data.resent} resent`);
+  return done;
+}
+
+// How many entries (frames and events) a page's log holds: a mark to look
+// for frames after.
+async function logCount(page) {
+  return page.$$eval('#log > *', (els) => els.length);
+}
+
+// The frames of a page's log after the mark `from`: {dir, type, frame}.
+async function framesSince(page, from) {
+  return page.$$eval('#log > *', (els, start) => els.slice(start)
+    .filter((el) => el.classList.contains('frame'))
+    .map((el) => {
+      let frame = null;
+      try { frame = JSON.parse(el.querySelector('pre').textContent); } catch { /* not JSON */ }
+      return { dir: el.classList.contains('in') ? 'in' : 'out', type: el.dataset.type, frame };
+    }), from);
+}
+
+// Waits for a frame of `type` in direction `dir` ("in" or "out") after the
+// mark `from` for which `match(frame)` holds, and returns it.
+async function waitForFrame(page, from, dir, type, what, match = () => true) {
+  const deadline = Date.now() + STEP_TIMEOUT_MS;
+  for (;;) {
+    const found = (await framesSince(page, from))
+      .find((f) => f.dir === dir && f.type === type && f.frame && match(f.frame));
+    if (found) return found.frame;
+    if (Date.now() > deadline) {
+      fail(`${what}: no ${dir === 'in' ? 'incoming' : 'outgoing'} ${type} frame as expected within ${STEP_TIMEOUT_MS / 1000}s`);
+    }
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+// The conversation's channel posts: {text, channel, seq}.
+async function channelPosts(page) {
+  return page.$$eval('#conversation li.post', (els) => els.map((el) => ({
+    text: el.textContent.trim(), channel: el.dataset.channel, seq: el.dataset.seq,
+  })));
+}
+
+async function acknowledgedDelivery(A, B, userA, userB) {
+  await reconnectAcking(A, 'A', userA);
+  await reconnectAcking(B, 'B', userB);
+
+  // A -> B: B gets it numbered and acknowledges it; A gets MESSAGE_ACCEPTED.
+  let fromA = await logCount(A);
+  let fromB = await logCount(B);
+  const ref1 = 'ack1-' + Date.now().toString(36);
+  const first = `acked by ${userB} (${ref1})`;
+  await sendMessage(A, { to: userB, content: first, feature: 'RELIABLE', reference: ref1 });
+  step(`A sent a RELIABLE MESSAGE to ${userB} with reference ${ref1}`);
+
+  await waitForFrame(A, fromA, 'in', 'MESSAGE_ACCEPTED', 'A', (f) => f.data.reference === ref1);
+  await waitForExactText(A, '#conversation li.note', `\u2713 accepted: reference ${ref1}`, 'A');
+  step(`A got MESSAGE_ACCEPTED for ${ref1} and shows it`);
+
+  const m1 = await waitForFrame(B, fromB, 'in', 'MESSAGE', 'B', (f) => f.reference === ref1);
+  if (!Number.isInteger(m1.seq) || typeof m1.id !== 'string') {
+    fail(`B: the MESSAGE to an acking socket has no seq and id: ${JSON.stringify(m1)}`);
+  }
+  await waitForExactText(B, '#conversation li', `${userA}: ${first}`, 'B');
+  const ack1 = await waitForFrame(B, fromB, 'out', 'ACK', 'B', (f) => f.data.upTo >= m1.seq);
+  if (ack1.data.upTo !== m1.seq) fail(`B: ACK upTo ${ack1.data.upTo}, expected the seq received, ${m1.seq}`);
+  await waitForExactText(B, '#acked', String(m1.seq), 'B');
+  step(`B got the MESSAGE as seq ${m1.seq} and sent ACK {upTo: ${m1.seq}}`);
+
+  const c1 = await waitForFrame(A, fromA, 'in', 'MESSAGE_CONFIRMATION', 'A', (f) => f.data.reference === ref1);
+  if (Number.isInteger(c1.seq)) {
+    await waitForFrame(A, fromA, 'out', 'ACK', 'A', (f) => f.data.upTo >= c1.seq);
+    step(`A got MESSAGE_CONFIRMATION as seq ${c1.seq} and acknowledged it`);
+  }
+
+  // B goes away; A sends another: it is kept for B.
+  await B.click('#disconnect');
+  await waitForExactText(B, '#state', 'disconnected', 'B');
+  fromA = await logCount(A);
+  const ref2 = 'ack2-' + Date.now().toString(36);
+  const second = `kept for ${userB} (${ref2})`;
+  await sendMessage(A, { to: userB, content: second, feature: 'RELIABLE', reference: ref2 });
+  await waitForFrame(A, fromA, 'in', 'MESSAGE_ACCEPTED', 'A', (f) => f.data.reference === ref2);
+  step(`B disconnected; A sent ${ref2} and got MESSAGE_ACCEPTED (kept for B)`);
+
+  // B comes back: the resume sends the kept message, not the acknowledged one.
+  fromB = await logCount(B);
+  const done = await reconnectAcking(B, 'B', userB);
+  const frames = (await framesSince(B, fromB)).filter((f) => f.dir === 'in' && f.frame);
+  const resent = frames.filter((f) => f.type === 'MESSAGE').map((f) => f.frame);
+  if (resent.some((f) => f.id === m1.id || f.reference === ref1)) {
+    fail(`B: the acknowledged message (seq ${m1.seq}, ${ref1}) was sent again after reconnecting`);
+  }
+  const m2 = resent.find((f) => f.reference === ref2);
+  if (!m2 || !Number.isInteger(m2.seq)) fail(`B: the message kept while away (${ref2}) was not resent numbered: ${JSON.stringify(resent)}`);
+  if (m2.seq <= m1.seq) fail(`B: the kept message has seq ${m2.seq}, not above the acknowledged ${m1.seq}`);
+  const order = frames.map((f) => f.type);
+  if (order.indexOf('MESSAGE') > order.indexOf('RESUME_COMPLETE')) fail(`B: the kept message came after RESUME_COMPLETE: ${order.join(' ')}`);
+  if (done.data.resent !== 1) fail(`B: RESUME_COMPLETE says ${done.data.resent} resent, expected 1`);
+  step(`B reconnected: ${ref2} resent as seq ${m2.seq} before RESUME_COMPLETE; ${ref1} (acknowledged) not resent`);
+
+  await waitForFrame(B, fromB, 'out', 'ACK', 'B', (f) => f.data.upTo === m2.seq);
+  await waitForExactText(B, '#acked', String(m2.seq), 'B');
+  step(`B acknowledged the resent message (ACK {upTo: ${m2.seq}})`);
+}
+
+async function channels(A, B, userA, userB) {
+  for (const [name, page] of [['A', A], ['B', B]]) {
+    const shown = await page.inputValue('#channel');
+    if (shown !== 'ANZ/general') fail(`${name}: #channel is "${shown}", expected the default "ANZ/general"`);
+  }
+  // A channel of its own, so that another run's posts are not replayed.
+  const channel = 'ANZ/browser-' + Date.now().toString(36);
+
+  for (const [name, page, history] of [['A', A, ''], ['B', B, '5']]) {
+    const from = await logCount(page);
+    await page.fill('#channel', channel);
+    await page.fill('#channel-history', history);
+    await page.check('#channel-echo');
+    await page.click('#subscribe');
+    await waitForFrame(page, from, 'in', 'SUBSCRIBED', name, (f) => f.data.channel === channel);
+    await waitForExactText(page, '#channel-subs', channel, name);
+    if (history) {
+      const replay = await waitForFrame(page, from, 'in', 'CHANNEL_HISTORY_COMPLETE', name, (f) => f.data.channel === channel);
+      if (replay.data.replayed !== 0) fail(`${name}: a new channel replayed ${replay.data.replayed} posts`);
+    }
+    step(`${name} subscribed to ${channel}${history ? ` with history ${history}` : ''}`);
+  }
+
+  const reference = 'post-' + Date.now().toString(36);
+  const post = `posted by ${userA}`;
+  await A.fill('#channel-content', post);
+  await A.selectOption('#feature', 'RELIABLE');
+  await A.fill('#reference', reference);
+  await A.click('#channel-post');
+  step(`A posted a RELIABLE CHANNEL_MESSAGE to ${channel}`);
+
+  for (const [name, page] of [['A', A], ['B', B]]) {
+    try {
+      await page.waitForFunction(
+        ([ch, suffix]) => [...document.querySelectorAll('#conversation li.post')]
+          .some((el) => el.dataset.channel === ch && el.textContent.trim().endsWith(suffix)),
+        [channel, `${userA}: ${post}`],
+        { timeout: STEP_TIMEOUT_MS },
+      );
+    } catch (e) {
+      if (e.name === 'TimeoutError') fail(`${name}: the post to ${channel} is not shown within ${STEP_TIMEOUT_MS / 1000}s`);
+      throw e;
+    }
+    const shown = (await channelPosts(page)).find((p) => p.channel === channel);
+    if (!/^[1-9][0-9]*$/.test(shown.seq || '')) fail(`${name}: the post has no seq: ${JSON.stringify(shown)}`);
+    const want = `[${channel} #${shown.seq}] ${userA}: ${post}`;
+    if (shown.text !== want) fail(`${name}: the post shows as "${shown.text}", expected "${want}"`);
+    step(`${name} shows "${shown.text}"`);
+  }
+
+  const both = [userA, userB].sort().join(', ');
+  await B.click('#members');
+  await waitForExactText(B, '#channel-members', `${channel}: ${both}`, 'B');
+  step(`B: Members of ${channel} are ${both}`);
+
+  const fromB = await logCount(B);
+  await B.click('#unsubscribe');
+  await waitForFrame(B, fromB, 'in', 'UNSUBSCRIBED', 'B', (f) => f.data.channel === channel);
+  await waitForExactText(B, '#channel-subs', 'none', 'B');
+  await A.click('#members');
+  await waitForExactText(A, '#channel-members', `${channel}: ${userA}`, 'A');
+  step(`B unsubscribed; A: Members of ${channel} is ${userA} alone`);
+}
+
 // A one-line summary of a page's log, to explain a failure.
 async function logSummary(page) {
   return page.$$eval('#log > *', (els) => els.map((el) =>
@@ -195,6 +383,9 @@ async function run(browser, pages) {
 
   await waitForExactText(A, '#conversation li', `${userB}: ${reply}`, 'A');
   step(`A shows "${userB}: ${reply}"`);
+
+  await acknowledgedDelivery(A, B, userA, userB);
+  await channels(A, B, userA, userB);
 
   if (pages.errors.length) fail(pages.errors[0]);
 }
