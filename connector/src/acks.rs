@@ -15,6 +15,8 @@ pub const MAX_UNACKED_PER_SOCKET: usize = 4096;
 #[derive(Debug, Default)]
 pub(crate) struct Unacked {
     written: BTreeMap<u64, MessageId>,
+    /// Acknowledged by the client, but the ACK could not be handed on: they go with the next.
+    unsent: Vec<MessageId>,
 }
 
 impl Unacked {
@@ -27,9 +29,10 @@ impl Unacked {
     }
 
     /// The message ids an ACK covers: the frames numbered up to `up_to` that this socket was
-    /// sent, and the `ids` named. They are forgotten here.
+    /// sent, the `ids` named, and those of an earlier ACK that was not handed on. They are
+    /// forgotten here.
     pub fn acknowledge(&mut self, up_to: Option<u64>, ids: Vec<MessageId>) -> Vec<MessageId> {
-        let mut acked = Vec::new();
+        let mut acked = std::mem::take(&mut self.unsent);
         if let Some(up_to) = up_to {
             let later = match up_to.checked_add(1) {
                 Some(next) => self.written.split_off(&next),
@@ -44,6 +47,13 @@ impl Unacked {
             acked.extend(named);
         }
         acked
+    }
+
+    /// Takes back the ids of an ACK the bus refused: the next ACK carries them (bounded like
+    /// the record; past it they stay kept in the store and come again at the next login).
+    pub fn not_handed_on(&mut self, ids: Vec<MessageId>) {
+        let room = MAX_UNACKED_PER_SOCKET.saturating_sub(self.unsent.len());
+        self.unsent.extend(ids.into_iter().take(room));
     }
 }
 
@@ -67,6 +77,24 @@ mod tests {
         want.sort();
         assert_eq!(got, want);
         assert!(u.acknowledge(Some(u64::MAX), vec![]).is_empty());
+    }
+
+    #[test]
+    fn an_ack_not_handed_on_goes_with_the_next_one() {
+        let mut u = Unacked::default();
+        let ids: Vec<MessageId> = (0..3).map(|_| MessageId::new()).collect();
+        u.written(1, ids[0]);
+        u.written(2, ids[1]);
+        let refused = u.acknowledge(Some(1), vec![]);
+        assert_eq!(refused, vec![ids[0]]);
+        u.not_handed_on(refused);
+        // The client goes on: its next ACK covers the refused one too.
+        u.written(3, ids[2]);
+        assert_eq!(u.acknowledge(Some(3), vec![]), vec![ids[0], ids[1], ids[2]]);
+        // Or it repeats the refused ACK, which now carries it.
+        u.not_handed_on(vec![ids[0]]);
+        assert_eq!(u.acknowledge(Some(1), vec![]), vec![ids[0]]);
+        assert!(u.acknowledge(Some(3), vec![]).is_empty());
     }
 
     #[test]

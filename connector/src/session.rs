@@ -266,7 +266,15 @@ struct Session<S> {
 }
 
 /// A publish in flight; resolves to the error frame to send the client, if any.
-type Publishing = Pin<Box<dyn Future<Output = Option<String>> + Send>>;
+type Publishing = Pin<Box<dyn Future<Output = Published> + Send>>;
+
+/// How a publish in flight ended.
+struct Published {
+    /// A frame to tell the client (the publish failed).
+    told: Option<String>,
+    /// The ids of an ACK the bus refused, to go with the socket's next ACK.
+    acks_unsent: Vec<MessageId>,
+}
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// Runs until the socket should close; returns the close frame to send, if any.
@@ -328,7 +336,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 }
                 told = async { publishing.as_mut().expect("guarded by the condition").await }, if publishing.is_some() => {
                     publishing = None;
-                    if let Some(text) = told {
+                    if !told.acks_unsent.is_empty() {
+                        self.unacked.not_handed_on(told.acks_unsent);
+                    }
+                    if let Some(text) = told.told {
                         self.reply(text).await;
                     }
                 }
@@ -710,8 +721,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         };
         let publish = async move {
             let mut result = Ok(());
+            let mut acks_unsent = Vec::new();
             for envelope in envelopes {
                 let resume = matches!(envelope.body, Body::Resume);
+                let acked = match &envelope.body {
+                    Body::Ack { ids } => ids.clone(),
+                    _ => Vec::new(),
+                };
                 let feature = envelope.feature.label();
                 result = bus.publish(envelope).await;
                 if result.is_err() {
@@ -720,10 +736,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     if resume {
                         shared.registry.end_resume(socket);
                     }
+                    // Not lost: the socket's next ACK carries these ids again.
+                    acks_unsent = acked;
                     break;
                 }
             }
-            match result {
+            let told = match result {
                 Ok(()) => None,
                 Err(e) if tell_client => {
                     warn!(error = %e, "publish failed; telling the client");
@@ -737,7 +755,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     warn!(error = %e, "presence event not published");
                     None
                 }
-            }
+            };
+            Published { told, acks_unsent }
         };
         self.publishing = Some(Box::pin(publish.instrument(tracing::Span::current())));
     }
