@@ -266,6 +266,9 @@ struct Session<S> {
 }
 
 /// A publish in flight; resolves to the error frame to send the client, if any.
+/// How long the reply to a client's close frame may take to be written.
+const CLOSE_REPLY_WAIT: Duration = Duration::from_secs(1);
+
 type Publishing = Pin<Box<dyn Future<Output = Published> + Send>>;
 
 /// How a publish in flight ended.
@@ -360,7 +363,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                         self.last_seen = Instant::now();
                     }
                     match incoming {
-                    None | Some(Ok(Message::Close(_))) => return None,
+                    None => return None,
+                    Some(Ok(Message::Close(_))) => {
+                        // The reply to the client's close is queued: send it, so the client
+                        // sees a clean close (not 1006). Bounded: the client may not read.
+                        let _ = tokio::time::timeout(CLOSE_REPLY_WAIT, self.sink.flush()).await;
+                        return None;
+                    }
                     Some(Ok(Message::Text(text))) => {
                         let text = match &self.plain {
                             Some(channel) => plain::post_frame(channel, &text).into(),

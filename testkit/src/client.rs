@@ -212,4 +212,26 @@ impl Client {
     pub async fn close(mut self) {
         let _ = self.ws.close(None).await;
     }
+
+    /// Closes with code 1000 and waits (5 s at most) for the server's close frame, as a browser
+    /// does; an error if the connection ends without one.
+    pub async fn close_cleanly(mut self) -> anyhow::Result<CloseFrame> {
+        let frame = CloseFrame {
+            code: 1000.into(),
+            reason: "bye".into(),
+        };
+        self.ws.close(Some(frame)).await?;
+        let answer = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match self.ws.next().await {
+                    Some(Ok(Message::Close(Some(f)))) => return Ok(f),
+                    Some(Ok(Message::Close(None))) => bail!("a close frame without a code"),
+                    Some(Ok(_)) => continue,
+                    Some(Err(e)) => bail!("no close frame: {e}"),
+                    None => bail!("no close frame: the connection ended"),
+                }
+            }
+        });
+        answer.await.context("no close frame within 5 s")?
+    }
 }

@@ -38,6 +38,7 @@ macro_rules! every_scenario {
     ($start:expr) => {
         $crate::scenario_tests!($start;
     two_users_exchange_fast_and_reliable,
+    a_client_close_is_answered_with_a_close_frame,
     confirmation_arrives_once_with_two_target_sockets,
     no_confirmation_without_reference_or_when_disabled,
     reliable_message_to_offline_user_is_stored_and_fetched_once,
@@ -108,6 +109,17 @@ async fn fast_dropped(d: &dyn Deployment) -> anyhow::Result<f64> {
         total += metric(&body, "linker_fast_dropped_total", &["reason=\"offline\""]);
     }
     Ok(total)
+}
+
+/// A client that closes with 1000 gets the server's close frame back (the closing handshake
+/// of RFC 6455), so a browser reports a clean close, not 1006.
+pub async fn a_client_close_is_answered_with_a_close_frame(
+    d: &dyn Deployment,
+) -> anyhow::Result<()> {
+    let c = Client::login(&d.ws_url(0), &unique_user()).await?;
+    let frame = c.close_cleanly().await?;
+    ensure!(u16::from(frame.code) == 1000, "closed with {frame:?}");
+    Ok(())
 }
 
 pub async fn two_users_exchange_fast_and_reliable(d: &dyn Deployment) -> anyhow::Result<()> {
