@@ -31,5 +31,6 @@ pub use embedded_store::EmbeddedStore;
 pub use memory_bus::MemoryBus;
 pub use memory_presence::MemoryPresence;
 pub use mongo_store::MongoStore;
+pub use nats_bus::RESUBSCRIBE_GRACE;
 pub use redis_presence::RedisPresence;
 pub use split_bus::{SplitBus, SplitBusConfig};

@@ -4,6 +4,8 @@
 //! disconnected, calls fail at once with `Unavailable` instead of queueing in the client,
 //! which reconnects by itself and re-subscribes.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_nats::client::RequestErrorKind;
@@ -31,9 +33,16 @@ const SUBSCRIPTION_CAPACITY: usize = 65_536;
 /// Longest wait between two reconnection attempts.
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(1);
 
+/// How long after (re)connecting a request nobody answers counts as "not subscribed again
+/// yet" (`Unavailable`, retried) rather than "no such connector": after a NATS restart a
+/// connector may reconnect and subscribe again later than this process.
+pub const RESUBSCRIBE_GRACE: Duration = Duration::from_secs(5);
+
 pub(crate) struct NatsBus {
     client: Client,
     config: SplitBusConfig,
+    /// When the client last (re)connected, in ms since the epoch.
+    connected_at: Arc<AtomicU64>,
 }
 
 fn unavailable(what: &str, e: impl std::fmt::Display) -> BusError {
@@ -49,6 +58,8 @@ fn encode(value: &impl Serialize) -> Result<Bytes, BusError> {
 impl NatsBus {
     pub async fn connect(config: &SplitBusConfig) -> Result<NatsBus, BusError> {
         let url = config.nats_url.clone();
+        let connected_at = Arc::new(AtomicU64::new(common::now_millis()));
+        let on_connect = connected_at.clone();
         let client = ConnectOptions::new()
             .name(format!("linker-{}", config.domain))
             .connection_timeout(config.produce_timeout())
@@ -60,9 +71,13 @@ impl NatsBus {
             .subscription_capacity(SUBSCRIPTION_CAPACITY)
             .event_callback(move |event| {
                 let url = url.clone();
+                let on_connect = on_connect.clone();
                 async move {
                     match event {
-                        Event::Connected => info!(%url, "nats connected"),
+                        Event::Connected => {
+                            on_connect.store(common::now_millis(), Ordering::Relaxed);
+                            info!(%url, "nats connected")
+                        }
                         Event::Disconnected => warn!(%url, "nats disconnected; reconnecting"),
                         Event::SlowConsumer(sid) => {
                             warn!(%url, sid, "nats subscription full: messages dropped")
@@ -74,10 +89,18 @@ impl NatsBus {
             .connect(config.nats_url.as_str())
             .await
             .map_err(|e| unavailable(&format!("cannot connect to {}", config.nats_url), e))?;
+        connected_at.store(common::now_millis(), Ordering::Relaxed);
         Ok(NatsBus {
             client,
             config: config.clone(),
+            connected_at,
         })
+    }
+
+    /// True within `RESUBSCRIBE_GRACE` of the last (re)connect.
+    fn just_connected(&self) -> bool {
+        let since = common::now_millis().saturating_sub(self.connected_at.load(Ordering::Relaxed));
+        since < RESUBSCRIBE_GRACE.as_millis() as u64
     }
 
     /// Fails fast while disconnected: the client would otherwise buffer the message and
@@ -169,6 +192,9 @@ impl NatsBus {
             .send_request(subject, request)
             .await
             .map_err(|e| match e.kind() {
+                RequestErrorKind::NoResponders if self.just_connected() => BusError::Unavailable(
+                    format!("nats: {connector} has not subscribed again since the reconnect"),
+                ),
                 RequestErrorKind::NoResponders => BusError::NoSuchConnector(connector.to_string()),
                 RequestErrorKind::TimedOut => BusError::TimedOut(timeout),
                 _ => unavailable("request", e),

@@ -384,6 +384,18 @@ async fn requests_to_a_connector_that_is_not_listening_fail_fast() {
         targets: vec![],
         reason: "x".into(),
     };
+    // Just after connecting, a connector may not have subscribed (again) yet: retryable.
+    let t = Instant::now();
+    let result = bus
+        .request(&nobody, command.clone(), Duration::from_secs(5))
+        .await;
+    assert!(
+        matches!(result, Err(common::bus::BusError::Unavailable(_))),
+        "{result:?}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(2), "known at once");
+    // Past that grace, nobody listening means no such connector.
+    tokio::time::sleep(backends::RESUBSCRIBE_GRACE).await;
     let t = Instant::now();
     let result = bus.request(&nobody, command, Duration::from_secs(5)).await;
     assert!(
