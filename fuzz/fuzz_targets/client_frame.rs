@@ -82,10 +82,20 @@ fn check_accepted(frame: &ClientFrame, limits: &ParseLimits) {
         ClientBody::FetchMissingMessages { count } => assert!(*count > 0),
         ClientBody::AuthClient { .. } => {}
         ClientBody::Ack { up_to, ids } => {
-            assert!(up_to.is_some() || !ids.is_empty(), "an ACK acknowledges something");
+            assert!(
+                up_to.is_some() || !ids.is_empty(),
+                "an ACK acknowledges something"
+            );
             assert!(ids.len() <= 1000, "{} ids", ids.len());
         }
-        ClientBody::Subscribe { channel, .. }
+        ClientBody::Subscribe { channel, options } => {
+            assert!(Channel::parse(channel.as_str()).is_ok(), "{channel:?}");
+            assert!(
+                options.history.is_none() || options.after.is_none(),
+                "history and after together"
+            );
+        }
+        ClientBody::ChannelMember { channel, .. }
         | ClientBody::Unsubscribe { channel }
         | ClientBody::ChannelPresence { channel } => {
             assert!(Channel::parse(channel.as_str()).is_ok(), "{channel:?}");
@@ -164,6 +174,18 @@ enum Data<'a> {
     Channel {
         channel: &'a str,
     },
+    Subscribe {
+        channel: &'a str,
+        echo: bool,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        history: Option<u32>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        after: Option<u64>,
+    },
+    ChannelMember {
+        channel: &'a str,
+        user_id: &'a str,
+    },
 }
 
 fn to_wire(frame: &ClientFrame) -> String {
@@ -195,11 +217,23 @@ fn to_wire(frame: &ClientFrame) -> String {
             user_id: user_id.as_str(),
         },
         ClientBody::FetchMissingMessages { count } => Data::FetchMissingMessages { count: *count },
-        ClientBody::Subscribe { channel, .. }
-        | ClientBody::Unsubscribe { channel }
-        | ClientBody::ChannelPresence { channel } => Data::Channel {
+        ClientBody::Subscribe { channel, options } => Data::Subscribe {
             channel: channel.as_str(),
+            echo: options.echo,
+            history: options.history,
+            after: options.after,
         },
+        ClientBody::ChannelMember {
+            channel, user_id, ..
+        } => Data::ChannelMember {
+            channel: channel.as_str(),
+            user_id: user_id.as_str(),
+        },
+        ClientBody::Unsubscribe { channel } | ClientBody::ChannelPresence { channel } => {
+            Data::Channel {
+                channel: channel.as_str(),
+            }
+        }
         ClientBody::ChannelMessage { channel, content } => Data::ChannelMessage {
             channel: channel.as_str(),
             content,
