@@ -656,23 +656,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             return Some(refused);
         }
         let user = self.user.clone().expect("authenticated just now");
-        let presence = self.shared.presence.clone();
-        let network = self.shared.network.current();
-        let joined = self
-            .memberships
-            .join(
-                &network,
-                presence.as_ref(),
-                &user,
-                &self.address,
-                &route.channel,
-                SubscribeOptions {
-                    echo: true,
-                    history: None,
-                    after: None,
-                },
-            )
-            .await;
+        let options = SubscribeOptions {
+            echo: true,
+            history: None,
+            after: None,
+        };
+        let joined = self.join(&user, &route.channel, options).await;
         let (code, text) = match joined {
             Ok(Ok(())) => return None,
             Ok(Err((reason, detail))) => (CloseCode::Policy, format!("{reason}: {detail}")),
@@ -861,6 +850,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         self.start_publish(envelope, true);
     }
 
+    /// Makes this socket a member of `channel` under the app's channel policy.
+    async fn join(
+        &mut self,
+        user: &UserId,
+        channel: &Channel,
+        options: SubscribeOptions,
+    ) -> Result<Result<(), channels::Refusal>, PresenceError> {
+        let presence = self.shared.presence.clone();
+        let network = self.shared.network.current();
+        self.memberships
+            .join(
+                &network,
+                presence.as_ref(),
+                user,
+                &self.address,
+                channel,
+                options,
+            )
+            .await
+    }
+
     async fn subscribe(
         &mut self,
         user: UserId,
@@ -868,19 +878,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         options: SubscribeOptions,
         reference: Option<String>,
     ) {
-        let presence = self.shared.presence.clone();
-        let network = self.shared.network.current();
-        let joined = self
-            .memberships
-            .join(
-                &network,
-                presence.as_ref(),
-                &user,
-                &self.address,
-                &channel,
-                options,
-            )
-            .await;
+        let joined = self.join(&user, &channel, options).await;
         match joined {
             Ok(Ok(())) => {
                 self.reply(out_membership(true, &channel, reference.as_deref()))
