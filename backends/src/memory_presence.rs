@@ -223,8 +223,12 @@ impl Presence for MemoryPresence {
         Ok(())
     }
 
-    async fn refresh(&self, _sockets: &[(UserId, SocketAddress)]) -> Result<(), PresenceError> {
-        Ok(())
+    /// Entries live as long as the process and only `remove` ends them: none is ever lost.
+    async fn refresh(
+        &self,
+        _sockets: &[(UserId, SocketAddress)],
+    ) -> Result<Vec<usize>, PresenceError> {
+        Ok(Vec::new())
     }
 
     async fn is_processed(&self, id: MessageId) -> Result<bool, PresenceError> {

@@ -33,18 +33,22 @@ const LOCK_POLL_MAX: Duration = Duration::from_millis(100);
 
 /// Adds or refreshes sockets: for each `KEYS[i]`, member `ARGV[i + 1]` expires `ARGV[1]` ms
 /// from the server's now. Expired members of the touched sets are pruned, and each set expires
-/// with its last member.
+/// with its last member. Answers the positions `i` (from 1) whose member was not present
+/// (never added, expired, or lost with the engine's data) and had to be added.
 const ADD_SCRIPT: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local expiry = now + tonumber(ARGV[1])
+local added = {}
 for i, key in ipairs(KEYS) do
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
-  redis.call('ZADD', key, expiry, ARGV[i + 1])
+  if redis.call('ZADD', key, expiry, ARGV[i + 1]) == 1 then
+    added[#added + 1] = i
+  end
   local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
   redis.call('PEXPIREAT', key, last[2])
 end
-return #KEYS
+return added
 ";
 
 /// The members of `KEYS[1]` that have not expired by the server's now.
@@ -241,16 +245,22 @@ impl RedisPresence {
             .hash_one((n, std::process::id(), common::now_millis()))
     }
 
-    async fn add_all(&self, sockets: &[(UserId, SocketAddress)]) -> Result<(), PresenceError> {
+    /// Adds or refreshes `sockets`; answers the positions (in `sockets`, from 0) of those
+    /// that were not present and had to be added.
+    async fn add_all(
+        &self,
+        sockets: &[(UserId, SocketAddress)],
+    ) -> Result<Vec<usize>, PresenceError> {
         let mut invocation = self.add.prepare_invoke();
         invocation.arg(self.presence_ttl.as_millis() as u64);
         for (user, socket) in sockets {
             invocation.key(self.presence_key(user)).arg(member(socket));
         }
         let mut con = self.con.clone();
-        self.bounded(invocation.invoke_async::<u64>(&mut con))
-            .await
-            .map(drop)
+        let added: Vec<usize> = self
+            .bounded(invocation.invoke_async::<Vec<usize>>(&mut con))
+            .await?;
+        Ok(added.into_iter().filter_map(|i| i.checked_sub(1)).collect())
     }
 }
 
@@ -283,7 +293,9 @@ fn parse_member(member: &str) -> Option<SocketAddress> {
 #[async_trait]
 impl Presence for RedisPresence {
     async fn add(&self, user: &UserId, socket: &SocketAddress) -> Result<(), PresenceError> {
-        self.add_all(&[(user.clone(), socket.clone())]).await
+        self.add_all(&[(user.clone(), socket.clone())])
+            .await
+            .map(drop)
     }
 
     async fn remove(&self, user: &UserId, socket: &SocketAddress) -> Result<(), PresenceError> {
@@ -455,11 +467,16 @@ impl Presence for RedisPresence {
         .map(drop)
     }
 
-    async fn refresh(&self, sockets: &[(UserId, SocketAddress)]) -> Result<(), PresenceError> {
-        for batch in sockets.chunks(REFRESH_BATCH) {
-            self.add_all(batch).await?;
+    async fn refresh(
+        &self,
+        sockets: &[(UserId, SocketAddress)],
+    ) -> Result<Vec<usize>, PresenceError> {
+        let mut readded = Vec::new();
+        for (n, batch) in sockets.chunks(REFRESH_BATCH).enumerate() {
+            let first = n * REFRESH_BATCH;
+            readded.extend(self.add_all(batch).await?.into_iter().map(|i| first + i));
         }
-        Ok(())
+        Ok(readded)
     }
 
     async fn is_processed(&self, id: MessageId) -> Result<bool, PresenceError> {

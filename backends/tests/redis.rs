@@ -94,13 +94,39 @@ async fn a_refreshed_socket_stays_past_the_ttl_and_goes_once_refreshing_stops() 
     let start = Instant::now();
     while start.elapsed() < ttl * 3 {
         tokio::time::sleep(ttl / 4).await;
-        p.refresh(&mine).await.unwrap();
+        assert!(
+            p.refresh(&mine).await.unwrap().is_empty(),
+            "a socket refreshed in time was never missing"
+        );
         let mut found = p.lookup(&user).await.unwrap();
         found.sort_by_key(|s| s.socket);
         assert_eq!(found, vec![mine[0].1.clone(), mine[1].1.clone()]);
     }
     // This connector "crashes": nobody refreshes any more.
     until_gone(&p, &user, Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn a_refresh_reports_the_sockets_it_had_to_add_again() {
+    let ttl = Duration::from_secs(1);
+    let p = connect(&namespace("readded"), ttl).await;
+    let (kept, lost) = (fresh_user(), fresh_user());
+    let mine = [
+        (kept.clone(), socket("connector-01", 1)),
+        (lost.clone(), socket("connector-01", 2)),
+    ];
+    p.add(&kept, &mine[0].1).await.unwrap();
+    p.add(&lost, &mine[1].1).await.unwrap();
+    assert!(p.refresh(&mine).await.unwrap().is_empty());
+    // The second entry disappears (as when Redis loses its data, or stays down past the ttl).
+    p.remove(&lost, &mine[1].1).await.unwrap();
+    assert_eq!(p.refresh(&mine).await.unwrap(), vec![1]);
+    assert_eq!(p.lookup(&lost).await.unwrap(), vec![mine[1].1.clone()]);
+    assert!(p.refresh(&mine).await.unwrap().is_empty());
+    // Expired entries count as missing too.
+    until_gone(&p, &kept, Duration::from_secs(5)).await;
+    until_gone(&p, &lost, Duration::from_secs(5)).await;
+    assert_eq!(p.refresh(&mine).await.unwrap(), vec![0, 1]);
 }
 
 #[tokio::test]

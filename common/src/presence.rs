@@ -54,8 +54,13 @@ pub trait Presence: Send + Sync + 'static {
     async fn unlock(&self, user: &UserId, token: LockToken) -> Result<(), PresenceError>;
 
     /// Keeps these sockets present for another ttl (a connector calls it periodically for all
-    /// its sockets).
-    async fn refresh(&self, sockets: &[(UserId, SocketAddress)]) -> Result<(), PresenceError>;
+    /// its sockets). Answers the positions in `sockets` of those that were no longer present
+    /// and were added again: while they were missing (the engine was down past the ttl, or
+    /// lost its data), their users looked offline, and messages for them may have been kept.
+    async fn refresh(
+        &self,
+        sockets: &[(UserId, SocketAddress)],
+    ) -> Result<Vec<usize>, PresenceError>;
 
     /// True if an envelope with this id was already delivered or stored (a redelivery).
     async fn is_processed(&self, id: MessageId) -> Result<bool, PresenceError>;

@@ -166,6 +166,11 @@ fn lock(subs: &Subscriptions) -> std::sync::MutexGuard<'_, Vec<Subscription>> {
     subs.lock().expect("subscriptions lock is never poisoned")
 }
 
+/// The channels of a socket's subscriptions.
+pub(crate) fn channels_of(subs: &Subscriptions) -> Vec<Channel> {
+    lock(subs).iter().map(|s| s.channel.clone()).collect()
+}
+
 /// The channels one socket is a member of.
 #[derive(Default)]
 pub(crate) struct Memberships {

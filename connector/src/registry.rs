@@ -363,6 +363,12 @@ fn deliver(shared: &Shared, targets: Vec<Target>, d: Delivery, reply: Option<Rep
             ticket,
             numbered: None,
         };
+        if !handle.ack && matches!(d.ack, Some(AckMark::Seq(_))) {
+            // A live numbered frame is for acking sockets: an original-protocol socket fetches
+            // what is kept (reported unwritten). (A fetch's frames, marked `Resent`, are for
+            // any socket.)
+            continue;
+        }
         if handle.ack {
             if let Some(t) = &out.ticket {
                 t.acking();
@@ -415,21 +421,73 @@ fn deliver(shared: &Shared, targets: Vec<Target>, d: Delivery, reply: Option<Rep
 
 /// Keeps this connector's sockets present, every `presence_refresh_ms`, so presence that is
 /// shared between processes expires the sockets of a connector that died.
+///
+/// A socket the refresh finds missing (the engine was down past the ttl, or restarted
+/// without its data) looked offline meanwhile: its `RELIABLE` messages may have been kept
+/// instead of written, and its channel memberships may have been pruned. Each such socket
+/// joins its channels again; an acking one is also closed with `CLOSED_PRESENCE_LOST`, so the
+/// client logs in again and its resume sends what was kept, in order (an original-protocol
+/// client fetches kept messages when it asks, as always).
 pub(crate) async fn refresh_presence(shared: Arc<Shared>, shutdown: CancellationToken) {
     let every = std::time::Duration::from_millis(shared.config.presence_refresh_ms.max(100));
+    // Sockets added again whose channel memberships could not all be restored yet.
+    let mut unrestored: Vec<(UserId, SocketAddress)> = Vec::new();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(every) => {}
         }
+        let mut again = std::mem::take(&mut unrestored);
         let sockets = shared.registry.snapshot(&shared.name);
         for chunk in sockets.chunks(1000) {
-            if let Err(e) = shared.presence.refresh(chunk).await {
-                tracing::warn!(error = %e, "presence refresh failed; retrying next round");
-                break;
+            match shared.presence.refresh(chunk).await {
+                Ok(readded) => {
+                    again.extend(readded.into_iter().filter_map(|i| chunk.get(i).cloned()))
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "presence refresh failed; retrying next round");
+                    break;
+                }
+            }
+        }
+        for (user, socket) in again {
+            if !present_again(&shared, &user, &socket).await {
+                unrestored.push((user, socket));
             }
         }
     }
+}
+
+/// A socket of this connector whose presence had been lost was added again (see
+/// `refresh_presence`); false if its channel memberships could not all be restored (retried
+/// at the next round).
+async fn present_again(shared: &Shared, user: &UserId, socket: &SocketAddress) -> bool {
+    let (ack, channels) = match shared.registry.sockets.get(&socket.socket) {
+        Some(h) if h.user == *user => (h.ack, crate::channels::channels_of(&h.channels)),
+        _ => return true, // closed meanwhile
+    };
+    if ack {
+        metrics::counter!("linker_connector_presence_readded_total", "socket" => "acking")
+            .increment(1);
+        tracing::warn!(user = %user, socket = socket.socket, "presence was lost while connected; closing the acking socket so it resumes");
+        if let Some(h) = shared.registry.sockets.get(&socket.socket) {
+            h.close_with(
+                crate::session::CLOSED_PRESENCE_LOST,
+                "presence lost; log in again to resume".to_owned(),
+            );
+        }
+        return true;
+    }
+    metrics::counter!("linker_connector_presence_readded_total", "socket" => "plain").increment(1);
+    tracing::warn!(user = %user, socket = socket.socket, channels = channels.len(), "presence was lost while connected; added again");
+    let mut restored = true;
+    for channel in channels {
+        if let Err(e) = shared.presence.join(&channel, user, socket).await {
+            tracing::warn!(user = %user, %channel, error = %e, "channel membership not restored yet; retrying next round");
+            restored = false;
+        }
+    }
+    restored
 }
 
 /// Notes a full outbound queue; closes the socket once it has stayed full too long.

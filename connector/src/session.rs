@@ -64,6 +64,10 @@ pub const CLOSED_SLOW_READER: u16 = 4003;
 /// Close code sent when an acking socket's resume did not end within `resume_timeout_ms`:
 /// the client should log in again, which resumes again.
 pub const CLOSED_RESUME_TIMEOUT: u16 = 4004;
+/// Close code sent to an acking socket whose presence was lost while it stayed connected
+/// (found missing by the refresh): messages for it may have been kept meanwhile, and the
+/// client logs in again to have them resent.
+pub const CLOSED_PRESENCE_LOST: u16 = 4005;
 /// Close reason at shutdown (code 1001): the client should reconnect, to another connector if
 /// it knows one.
 pub const SHUTDOWN_REASON: &str = "server shutting down; reconnect";

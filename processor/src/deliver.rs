@@ -160,13 +160,60 @@ impl Processor {
                 match self.keep(&message).await? {
                     Keep::Full => return Err(ProcessError::InboxFull(message.to.to_string())),
                     Keep::Acked => return Ok(()),
-                    Keep::Kept(_) => metrics::counter!("linker_stored_total").increment(1),
+                    Keep::Kept(seq) => {
+                        metrics::counter!("linker_stored_total").increment(1);
+                        self.kept_while_offline(&message, seq).await?;
+                    }
                 }
             }
             Feature::Fast => {
                 debug!(user = %message.to, "FAST message dropped: user offline");
                 count_fast_drop("offline");
             }
+        }
+        Ok(())
+    }
+
+    /// After `message` was kept for a user who looked offline: writes it, with its number, to
+    /// any acking socket the user holds now.
+    ///
+    /// A login adds the socket to presence before it asks for its resume. Had the user
+    /// logged in between the lookup that found nobody and the keep, the resume may have read
+    /// the store before the message was in it, and the socket would not get it before its
+    /// next login. Looking again after the keep closes that gap: either this lookup finds the
+    /// socket, or its resume reads the store after the message was kept. A socket still
+    /// resuming holds the frame back until its resume ends, and skips it if the resume wrote
+    /// it already; an original-protocol socket does not take numbered frames (it fetches).
+    async fn kept_while_offline(
+        &self,
+        message: &StoredMessage,
+        seq: u64,
+    ) -> Result<(), ProcessError> {
+        let sockets = match self.presence.lookup(&message.to).await {
+            Ok(sockets) => sockets,
+            Err(e) => {
+                // Kept already: failing would handle the envelope again.
+                debug!(user = %message.to, error = %e, "no second look after keeping");
+                return Ok(());
+            }
+        };
+        if sockets.is_empty() {
+            return Ok(());
+        }
+        let targets = by_connector(sockets.iter().map(|s| (&message.to, s)));
+        // `written_before` true: the message is kept, so a bus failure leaves it there.
+        if !self
+            .write_numbered(targets, &message.frame, message.id, seq, true)
+            .await?
+        {
+            return Ok(());
+        }
+        debug!(user = %message.to, id = %message.id, seq, "kept while offline; written to a socket that logged in meanwhile");
+        metrics::counter!("linker_kept_then_written_total").increment(1);
+        record_delivery(Feature::Reliable, message.created_at);
+        if let Some(confirm) = message.confirm.clone() {
+            self.confirm(confirm, message.id).await?;
+            self.confirmed(&message.to, message.id).await?;
         }
         Ok(())
     }
@@ -200,9 +247,10 @@ impl Processor {
     }
 
     /// Writes a kept message with its number to the acking sockets that asked for one; true
-    /// if at least one took it. While the bus is down and nothing of the message was written
-    /// (`written_before` false), an error, so the envelope is retried and the kept message
-    /// goes out in order once the bus is back; otherwise it stays kept for a fetch or resume.
+    /// if at least one of them took it. While the bus is down and nothing of the message was
+    /// written (`written_before` false), an error, so the envelope is retried and the kept
+    /// message goes out in order once the bus is back; otherwise it stays kept for a fetch or
+    /// resume.
     pub(crate) async fn write_numbered(
         &self,
         acking: Vec<(ConnectorName, Vec<Target>)>,
@@ -211,7 +259,7 @@ impl Processor {
         seq: u64,
         written_before: bool,
     ) -> Result<bool, ProcessError> {
-        let mut written = written_before;
+        let mut written = false;
         for (connector, targets) in acking {
             let command = ConnectorCommand::Deliver {
                 targets,
@@ -221,7 +269,7 @@ impl Processor {
                 ack: Some(AckMark::Seq(seq)),
             };
             written |= self
-                .send_first(&connector, command, true, written)
+                .send_first(&connector, command, true, written_before || written)
                 .await?
                 .any_written();
         }
@@ -531,7 +579,10 @@ impl Processor {
                         continue; // a redelivery this member acknowledged already
                     }
                     match self.keep(&message).await? {
-                        Keep::Kept(_) => metrics::counter!("linker_stored_total").increment(1),
+                        Keep::Kept(seq) => {
+                            metrics::counter!("linker_stored_total").increment(1);
+                            self.kept_while_offline(&message, seq).await?;
+                        }
                         Keep::Acked => {}
                         Keep::Full => full.push(user.to_string()),
                     }
