@@ -12,12 +12,7 @@ use common::store::Store;
 use testkit::contracts::{self, fresh_user};
 
 fn mongo_url() -> String {
-    std::env::var("LINKER_TEST_MONGO_URL").unwrap_or_else(|_| {
-        panic!(
-            "LINKER_TEST_MONGO_URL is not set: run `scripts/services.sh start` and \
-             `eval \"$(scripts/services.sh env)\"` first"
-        )
-    })
+    testkit::engine::test_url("LINKER_TEST_MONGO_URL")
 }
 
 /// A database of its own for one test; dropped when the test is done with it.

@@ -14,12 +14,7 @@ use common::store::{Store, StoreError};
 use testkit::contracts::fresh_user;
 
 fn mongo_url() -> String {
-    std::env::var("LINKER_TEST_MONGO_URL").unwrap_or_else(|_| {
-        panic!(
-            "LINKER_TEST_MONGO_URL is not set: run `scripts/services.sh start` and \
-             `eval \"$(scripts/services.sh env)\"` first"
-        )
-    })
+    testkit::engine::test_url("LINKER_TEST_MONGO_URL")
 }
 
 fn services(action: &str) {

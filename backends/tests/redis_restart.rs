@@ -12,12 +12,7 @@ use common::presence::{Presence, PresenceError};
 use testkit::contracts::fresh_user;
 
 fn redis_url() -> String {
-    std::env::var("LINKER_TEST_REDIS_URL").unwrap_or_else(|_| {
-        panic!(
-            "LINKER_TEST_REDIS_URL is not set: run `scripts/services.sh start` and \
-             `eval \"$(scripts/services.sh env)\"` first"
-        )
-    })
+    testkit::engine::test_url("LINKER_TEST_REDIS_URL")
 }
 
 fn services(action: &str) {

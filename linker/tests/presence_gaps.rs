@@ -240,12 +240,7 @@ async fn a_message_kept_while_its_user_logged_in_reaches_the_new_acking_socket()
 }
 
 fn redis_url() -> String {
-    std::env::var("LINKER_TEST_REDIS_URL").unwrap_or_else(|_| {
-        panic!(
-            "LINKER_TEST_REDIS_URL is not set: run `scripts/services.sh start` and \
-             `eval \"$(scripts/services.sh env)\"` first"
-        )
-    })
+    testkit::engine::test_url("LINKER_TEST_REDIS_URL")
 }
 
 #[tokio::test]

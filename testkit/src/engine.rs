@@ -15,6 +15,17 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+/// The address of a test engine from its `LINKER_TEST_*` variable (`LINKER_TEST_REDIS_URL`,
+/// say); panics saying how to start the engines when it is not set.
+pub fn test_url(var: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| {
+        panic!(
+            "{var} is not set: run `scripts/services.sh start` and \
+             `eval \"$(scripts/services.sh env)\"` first"
+        )
+    })
+}
+
 /// Longest wait for an engine to be reported up after `start` (Kafka may need a while).
 const UP_WITHIN: Duration = Duration::from_secs(120);
 
