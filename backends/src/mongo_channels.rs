@@ -15,7 +15,7 @@ use common::channel::Channel;
 use common::ids::{MessageId, UserId};
 use common::store::{ChannelPost, Numbered, Retention, StoreError};
 
-use crate::mongo_store::{MAX_SEQ_ATTEMPTS, is_duplicate_key, unavailable};
+use crate::mongo_store::{MAX_SEQ_ATTEMPTS, is_duplicate_key, last_seq, seq_of, unavailable};
 
 #[derive(Debug, Serialize, Deserialize)]
 struct PostDoc {
@@ -29,11 +29,6 @@ struct PostDoc {
     reference: Option<String>,
     content: String,
     created_at: i64,
-}
-
-#[derive(Debug, Deserialize)]
-struct SeqDoc {
-    seq: i64,
 }
 
 impl PostDoc {
@@ -86,26 +81,11 @@ impl MongoChannels {
     }
 
     async fn last_seq(&self, channel: &str) -> Result<i64, StoreError> {
-        let last = self
-            .posts
-            .clone_with_type::<SeqDoc>()
-            .find_one(doc! { "channel": channel })
-            .sort(doc! { "seq": -1 })
-            .projection(doc! { "seq": 1, "_id": 0 })
-            .await
-            .map_err(unavailable)?;
-        Ok(last.map_or(0, |d| d.seq))
+        last_seq(&self.posts, doc! { "channel": channel }).await
     }
 
     async fn seq_of(&self, key: &str) -> Result<Option<i64>, StoreError> {
-        let found = self
-            .posts
-            .clone_with_type::<SeqDoc>()
-            .find_one(doc! { "_id": key })
-            .projection(doc! { "seq": 1, "_id": 0 })
-            .await
-            .map_err(unavailable)?;
-        Ok(found.map(|d| d.seq))
+        seq_of(&self.posts, key).await
     }
 
     pub(crate) async fn post(

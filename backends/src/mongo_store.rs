@@ -76,6 +76,36 @@ fn key(user: &UserId, id: MessageId) -> String {
     format!("{user}/{id}")
 }
 
+/// The highest `seq` among the documents of `collection` that match `owner` (one user's
+/// messages, one channel's posts), 0 if none.
+pub(crate) async fn last_seq<T: Send + Sync>(
+    collection: &Collection<T>,
+    owner: Document,
+) -> Result<i64, StoreError> {
+    let last = collection
+        .clone_with_type::<SeqDoc>()
+        .find_one(owner)
+        .sort(doc! { "seq": -1 })
+        .projection(doc! { "seq": 1, "_id": 0 })
+        .await
+        .map_err(unavailable)?;
+    Ok(last.map_or(0, |d| d.seq))
+}
+
+/// The `seq` of the document `key` of `collection`, if it is stored.
+pub(crate) async fn seq_of<T: Send + Sync>(
+    collection: &Collection<T>,
+    key: &str,
+) -> Result<Option<i64>, StoreError> {
+    let found = collection
+        .clone_with_type::<SeqDoc>()
+        .find_one(doc! { "_id": key })
+        .projection(doc! { "seq": 1, "_id": 0 })
+        .await
+        .map_err(unavailable)?;
+    Ok(found.map(|d| d.seq))
+}
+
 impl MessageDoc {
     fn new(m: &StoredMessage, seq: i64) -> MessageDoc {
         MessageDoc {
@@ -195,27 +225,12 @@ impl MongoStore {
 
     /// The highest `seq` stored for `user`, 0 if none.
     async fn last_seq(&self, user: &str) -> Result<i64, StoreError> {
-        let last = self
-            .messages
-            .clone_with_type::<SeqDoc>()
-            .find_one(doc! { "to": user })
-            .sort(doc! { "seq": -1 })
-            .projection(doc! { "seq": 1, "_id": 0 })
-            .await
-            .map_err(unavailable)?;
-        Ok(last.map_or(0, |d| d.seq))
+        last_seq(&self.messages, doc! { "to": user }).await
     }
 
     /// The `seq` of the document `key`, if it is stored.
     async fn seq_of(&self, key: &str) -> Result<Option<i64>, StoreError> {
-        let found = self
-            .messages
-            .clone_with_type::<SeqDoc>()
-            .find_one(doc! { "_id": key })
-            .projection(doc! { "seq": 1, "_id": 0 })
-            .await
-            .map_err(unavailable)?;
-        Ok(found.map(|d| d.seq))
+        seq_of(&self.messages, key).await
     }
 
     async fn persist_once(
