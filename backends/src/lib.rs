@@ -11,7 +11,8 @@
 //! - [`split_bus`]: the split-mode bus, [`SplitBus`], composed of
 //!   - `nats_bus`: FAST envelopes and connector commands on NATS,
 //!   - `kafka_bus`: RELIABLE envelopes on Kafka, committed as processors acknowledge,
-//!   - [`offset_tracker`]: which Kafka offsets may be committed.
+//!   - [`offset_tracker`]: which Kafka offsets may be committed,
+//!   - [`partitions`]: a sender's partition, shared by its FAST and RELIABLE envelopes.
 //!
 //! Nothing outside this crate names an engine.
 
@@ -24,6 +25,7 @@ mod mongo_channels;
 pub mod mongo_store;
 mod nats_bus;
 pub mod offset_tracker;
+pub mod partitions;
 pub mod redis_presence;
 pub mod split_bus;
 

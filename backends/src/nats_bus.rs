@@ -1,9 +1,12 @@
-//! The NATS half of the split bus: FAST envelopes to the processors' queue group, commands
-//! and delivery reports between processors and connectors. Nothing here is durable: a
-//! request with no report in time counts as not written (the processor stores it). While
-//! disconnected, calls fail at once with `Unavailable` instead of queueing in the client,
-//! which reconnects by itself and re-subscribes.
+//! The NATS half of the split bus: FAST envelopes, each on the subject of its sender's
+//! partition and taken by the processor that owns that partition in Kafka (so one sender's
+//! FAST envelopes reach one processor, in order); commands and delivery reports between
+//! processors and connectors. Nothing here is durable: a request with no report in time
+//! counts as not written (the processor stores it). While disconnected, calls fail at once
+//! with `Unavailable` instead of queueing in the client, which reconnects by itself and
+//! re-subscribes.
 
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -14,7 +17,9 @@ use async_nats::{Client, ConnectOptions, Event, Request, Subject};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use serde::Serialize;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use common::bus::{Ack, BusError, Command, Inbound, Replier};
@@ -23,8 +28,13 @@ use common::ids::ConnectorName;
 
 use crate::split_bus::{SplitBusConfig, Tasks};
 
-/// The queue group every processor joins: each FAST envelope goes to one of them.
+/// The queue group every processor joins on the unpartitioned inbound subject, where
+/// connectors of earlier versions publish FAST envelopes (each goes to one processor, in no
+/// particular order); kept so a rolling upgrade loses no FAST envelope.
 pub(crate) const PROCESSOR_QUEUE_GROUP: &str = "processor";
+
+/// Wait before subscribing again to a partition's subject that could not be subscribed.
+const SUBSCRIBE_RETRY: Duration = Duration::from_secs(1);
 
 /// Messages the NATS client buffers per subscription while this bus's queue is full; past
 /// it the client drops them and reports a slow consumer (logged).
@@ -115,51 +125,55 @@ impl NatsBus {
         }
     }
 
-    pub async fn publish(&self, envelope: &Envelope) -> Result<(), BusError> {
+    /// Publishes a FAST envelope on the subject of `partition`, its sender's partition.
+    /// `Ok` once handed to NATS, whether or not a processor takes that subject now.
+    pub async fn publish(&self, partition: i32, envelope: &Envelope) -> Result<(), BusError> {
         self.connected()?;
         let payload = encode(envelope)?;
         self.client
-            .publish(self.config.inbound_name(), payload)
+            .publish(self.config.fast_subject(partition), payload)
             .await
             .map_err(|e| unavailable("publish", e))
     }
 
-    /// Feeds FAST envelopes from the processors' queue group into `tx`, with no-op acks.
-    pub async fn consume(&self, tx: mpsc::Sender<Inbound>, tasks: &Tasks) -> Result<(), BusError> {
-        let mut subscriber = self
+    /// Feeds FAST envelopes published on the unpartitioned inbound subject (by connectors of
+    /// earlier versions) into `tx`, as one member of the processors' queue group.
+    pub async fn consume_unpartitioned(
+        &self,
+        tx: mpsc::Sender<Inbound>,
+        tasks: &Tasks,
+    ) -> Result<(), BusError> {
+        let subscriber = self
             .client
             .queue_subscribe(self.config.inbound_name(), PROCESSOR_QUEUE_GROUP.into())
             .await
             .map_err(|e| unavailable("subscribe", e))?;
-        let cancel = tasks.cancel.clone();
-        tasks.spawn(async move {
-            loop {
-                let message = tokio::select! {
-                    _ = cancel.cancelled() => break,
-                    _ = tx.closed() => break,
-                    m = subscriber.next() => match m {
-                        Some(m) => m,
-                        None => break,
-                    },
-                };
-                let envelope: Envelope = match serde_json::from_slice(&message.payload) {
-                    Ok(e) => e,
-                    Err(e) => {
-                        warn!(error = %e, subject = %message.subject, "undecodable FAST envelope dropped");
-                        continue;
-                    }
-                };
-                let inbound = Inbound {
-                    envelope,
-                    ack: Ack::none(),
-                };
-                if tx.send(inbound).await.is_err() {
-                    break;
-                }
-            }
-            let _ = subscriber.unsubscribe().await;
-        });
+        tasks.spawn(forward(subscriber, tx, tasks.cancel.clone()));
         Ok(())
+    }
+
+    /// Feeds the FAST envelopes of the partitions in `owned` into `tx`, following its
+    /// changes: one subscription (no queue group) and one task per partition, so each
+    /// partition's envelopes reach `tx` in the order NATS delivered them. `taken` says which
+    /// partitions' subjects are subscribed now (also the gauge `linker_fast_partitions`).
+    /// Ends when the bus shuts down, `tx` closes or the owner of `owned` (the Kafka
+    /// consumer) goes.
+    pub fn consume(
+        &self,
+        processor: &str,
+        owned: watch::Receiver<BTreeSet<i32>>,
+        taken: watch::Sender<BTreeSet<i32>>,
+        tx: mpsc::Sender<Inbound>,
+        tasks: &Tasks,
+    ) {
+        let follow = FollowPartitions {
+            client: self.client.clone(),
+            config: self.config.clone(),
+            processor: processor.to_owned(),
+            cancel: tasks.cancel.clone(),
+            tx,
+        };
+        tasks.spawn(follow.run(owned, taken));
     }
 
     /// One-way: `Ok` once handed to NATS, whether or not the connector listens.
@@ -281,4 +295,139 @@ impl NatsBus {
             debug!(error = %e, "nats flush failed");
         }
     }
+}
+
+/// Keeps one processor's FAST subscriptions to the partitions it owns.
+struct FollowPartitions {
+    client: Client,
+    config: SplitBusConfig,
+    processor: String,
+    cancel: CancellationToken,
+    tx: mpsc::Sender<Inbound>,
+}
+
+/// A partition's subscription: its forwarding task's generation (a partition revoked and
+/// assigned again gets a new one) and what stops it.
+struct Subscribed {
+    generation: u64,
+    stop: CancellationToken,
+}
+
+impl FollowPartitions {
+    async fn run(
+        self,
+        mut owned: watch::Receiver<BTreeSet<i32>>,
+        taken: watch::Sender<BTreeSet<i32>>,
+    ) {
+        let mut subscribed: HashMap<i32, Subscribed> = HashMap::new();
+        let mut forwarders: JoinSet<(i32, u64)> = JoinSet::new();
+        let mut generation = 0u64;
+        loop {
+            let wanted = owned.borrow_and_update().clone();
+            // Revoked first: the next owner may already be taking them.
+            subscribed.retain(|p, s| {
+                let keep = wanted.contains(p);
+                if !keep {
+                    s.stop.cancel();
+                }
+                keep
+            });
+            let mut failed = false;
+            let mut added = false;
+            let missing: Vec<i32> = wanted
+                .iter()
+                .copied()
+                .filter(|p| !subscribed.contains_key(p))
+                .collect();
+            for p in missing {
+                match self.client.subscribe(self.config.fast_subject(p)).await {
+                    Ok(subscriber) => {
+                        generation += 1;
+                        let stop = self.cancel.child_token();
+                        let tx = self.tx.clone();
+                        let forwarding = forward(subscriber, tx, stop.clone());
+                        let g = generation;
+                        forwarders.spawn(async move {
+                            forwarding.await;
+                            (p, g)
+                        });
+                        subscribed.insert(p, Subscribed { generation, stop });
+                        added = true;
+                    }
+                    Err(e) => {
+                        warn!(processor = %self.processor, partition = p, error = %e,
+                            "cannot subscribe to a partition's FAST subject; retrying");
+                        failed = true;
+                    }
+                }
+            }
+            if added && self.client.connection_state() == State::Connected {
+                // The subscriptions reach the server before anyone is told they are taken.
+                let _ =
+                    tokio::time::timeout(self.config.produce_timeout(), self.client.flush()).await;
+            }
+            let now: BTreeSet<i32> = subscribed.keys().copied().collect();
+            metrics::gauge!("linker_fast_partitions", "processor" => self.processor.clone())
+                .set(now.len() as f64);
+            if *taken.borrow() != now {
+                info!(processor = %self.processor, partitions = ?now, "FAST partitions taken");
+                taken.send_replace(now);
+            }
+            tokio::select! {
+                _ = self.cancel.cancelled() => break,
+                _ = self.tx.closed() => break,
+                changed = owned.changed() => if changed.is_err() { break },
+                _ = tokio::time::sleep(SUBSCRIBE_RETRY), if failed => {}
+                Some(ended) = forwarders.join_next() => {
+                    // A subscription that ended by itself (not stopped) is taken again.
+                    if let Ok((p, g)) = ended
+                        && subscribed.get(&p).is_some_and(|s| s.generation == g)
+                    {
+                        subscribed.remove(&p);
+                    }
+                }
+            }
+        }
+        for s in subscribed.values() {
+            s.stop.cancel();
+        }
+        while forwarders.join_next().await.is_some() {}
+        metrics::gauge!("linker_fast_partitions", "processor" => self.processor.clone()).set(0.0);
+    }
+}
+
+/// Decodes FAST envelopes from `subscriber` into `tx`, with no-op acks, until `stop`, the
+/// end of `tx` or of the subscription; then unsubscribes. What it holds when stopped is
+/// dropped: FAST is at most once, and the partition's next owner is already taking newer ones.
+async fn forward(
+    mut subscriber: async_nats::Subscriber,
+    tx: mpsc::Sender<Inbound>,
+    stop: CancellationToken,
+) {
+    loop {
+        let message = tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tx.closed() => break,
+            m = subscriber.next() => match m {
+                Some(m) => m,
+                None => break,
+            },
+        };
+        let envelope: Envelope = match serde_json::from_slice(&message.payload) {
+            Ok(e) => e,
+            Err(e) => {
+                warn!(error = %e, subject = %message.subject, "undecodable FAST envelope dropped");
+                continue;
+            }
+        };
+        let inbound = Inbound {
+            envelope,
+            ack: Ack::none(),
+        };
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            sent = tx.send(inbound) => if sent.is_err() { break },
+        }
+    }
+    let _ = subscriber.unsubscribe().await;
 }
