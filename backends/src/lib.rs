@@ -9,7 +9,8 @@
 //! - [`mongo_store`]: split-mode store of undelivered messages on MongoDB, with
 //!   `mongo_channels`: the channel history it keeps.
 //! - [`split_bus`]: the split-mode bus, [`SplitBus`], composed of
-//!   - `nats_bus`: FAST envelopes and connector commands on NATS,
+//!   - `nats_bus`: FAST envelopes and connector commands on NATS, with
+//!     `fast_subscriptions`: a processor's FAST subjects, following its partitions,
 //!   - `kafka_bus`: RELIABLE envelopes on Kafka, committed as processors acknowledge,
 //!   - [`offset_tracker`]: which Kafka offsets may be committed,
 //!   - [`partitions`]: a sender's partition, shared by its FAST and RELIABLE envelopes.
@@ -18,6 +19,7 @@
 
 mod embedded_channels;
 pub mod embedded_store;
+mod fast_subscriptions;
 mod kafka_bus;
 pub mod memory_bus;
 pub mod memory_presence;
