@@ -1,11 +1,14 @@
-//! The Kafka half of the split bus: RELIABLE envelopes, keyed by sender (one partition, in
-//! order), durable until a processor has delivered or stored them. Each record goes out with
-//! an [`Ack`]; offsets are committed up to the first unacknowledged one ([`OffsetTracker`]),
-//! so a crash redelivers, never loses. The tracker is shared, under a short lock, with the
-//! rebalance callbacks that librdkafka calls synchronously while the consumer polls.
+//! The Kafka half of the split bus: RELIABLE envelopes, keyed by sender and sent to the
+//! sender's partition ([`partition_of`]), durable until a processor has delivered or stored
+//! them. Each record goes out with an [`Ack`]; offsets are committed up to the first
+//! unacknowledged one ([`OffsetTracker`]), so a crash redelivers, never loses. The tracker is
+//! shared, under a short lock, with the rebalance callbacks that librdkafka calls
+//! synchronously while the consumer polls; those callbacks also tell the NATS side which
+//! partitions' FAST subjects to take ([`Owned`]).
 
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::ClientContext;
@@ -26,6 +29,7 @@ use common::bus::{Ack, BusError, Inbound};
 use common::envelope::Envelope;
 
 use crate::offset_tracker::OffsetTracker;
+use crate::partitions::{Owned, partition_of};
 use crate::split_bus::{SplitBusConfig, Tasks};
 
 /// Longest wait between two connection attempts to a broker, so a restarted Kafka is found
@@ -45,6 +49,9 @@ pub(crate) struct KafkaBus {
     producer: RwLock<FutureProducer<KafkaLog>>,
     config: SplitBusConfig,
     topic: String,
+    /// Partitions of the topic, read from the broker at connect: every record names its
+    /// partition, and FAST envelopes go to the same one.
+    partitions: i32,
 }
 
 fn unavailable(what: &str, e: impl std::fmt::Display) -> BusError {
@@ -77,18 +84,21 @@ impl KafkaBus {
         let topic = config.inbound_name();
         let producer = new_producer(config)?;
         create_topic(config, &topic).await?;
-        // Warm up: connect to the topic's leader now, so the idempotent producer id and the
-        // topic's metadata are in place before the first publish.
-        let warm = producer.clone();
-        let (t, timeout) = (topic.clone(), config.produce_timeout());
-        let _ =
-            tokio::task::spawn_blocking(move || warm.client().fetch_metadata(Some(&t), timeout))
-                .await;
+        // Also warms up: the producer connects to the topic's leader now, so the idempotent
+        // producer id and the topic's metadata are in place before the first publish.
+        let partitions = partition_count(&producer, &topic, config).await;
         Ok(KafkaBus {
             producer: RwLock::new(producer),
             config: config.clone(),
             topic,
+            partitions,
         })
+    }
+
+    /// The partition of `envelope`'s sender: where its RELIABLE records go, and whose owner
+    /// takes its FAST envelopes.
+    pub fn partition_of(&self, envelope: &Envelope) -> i32 {
+        partition_of(envelope.from.as_str().as_bytes(), self.partitions)
     }
 
     fn producer(&self) -> FutureProducer<KafkaLog> {
@@ -103,6 +113,7 @@ impl KafkaBus {
         let payload = serde_json::to_vec(envelope).map_err(|e| BusError::Codec(e.to_string()))?;
         let record = FutureRecord::to(&self.topic)
             .key(envelope.from.as_str())
+            .partition(self.partition_of(envelope))
             .payload(&payload);
         let producer = self.producer();
         match producer
@@ -131,11 +142,13 @@ impl KafkaBus {
         }
     }
 
-    /// Consumes the inbound topic as a member of the processors' group, feeding `tx`.
+    /// Consumes the inbound topic as a member of the processors' group, feeding `tx`, and
+    /// keeps `owned` to the partitions the group assigned this member.
     pub fn consume(
         &self,
         name: &str,
         tx: mpsc::Sender<Inbound>,
+        owned: Owned,
         tasks: &Tasks,
     ) -> Result<(), BusError> {
         let tracker = Arc::new(Mutex::new(OffsetTracker::new()));
@@ -143,6 +156,8 @@ impl KafkaBus {
             tracker: tracker.clone(),
             topic: self.topic.clone(),
             processor: name.to_owned(),
+            owned,
+            kept: Mutex::new(BTreeSet::new()),
         };
         let c = &self.config;
         let consumer: StreamConsumer<ConsumerLog> = client_config(c)
@@ -212,6 +227,50 @@ fn produce_error(e: KafkaError) -> BusError {
             BusError::Codec(format!("kafka: {e}"))
         }
         _ => unavailable("publish", e),
+    }
+}
+
+/// The topic's partition count as the broker reports it, asked until it knows the topic
+/// (a topic just created may be unknown for a moment) or the produce timeout passes; then
+/// the configured count, which is what a topic created by this bus has.
+async fn partition_count(
+    producer: &FutureProducer<KafkaLog>,
+    topic: &str,
+    config: &SplitBusConfig,
+) -> i32 {
+    let deadline = Instant::now() + config.produce_timeout();
+    loop {
+        let (p, t, timeout) = (producer.clone(), topic.to_owned(), config.produce_timeout());
+        let asked =
+            tokio::task::spawn_blocking(move || p.client().fetch_metadata(Some(&t), timeout)).await;
+        let count = match &asked {
+            Ok(Ok(metadata)) => metadata
+                .topics()
+                .iter()
+                .find(|t| t.name() == topic && t.error().is_none())
+                .map_or(0, |t| t.partitions().len() as i32),
+            _ => 0,
+        };
+        if count > 0 {
+            if count != config.partitions {
+                info!(
+                    topic,
+                    partitions = count,
+                    configured = config.partitions,
+                    "the inbound topic has its own partition count; using it"
+                );
+            }
+            return count;
+        }
+        if Instant::now() >= deadline {
+            warn!(
+                topic,
+                partitions = config.partitions,
+                "the broker did not report the topic's partitions; assuming the configured count"
+            );
+            return config.partitions.max(1);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -390,11 +449,16 @@ impl ClientContext for KafkaLog {
 }
 
 /// The consumer's context: logs, plus the rebalance and commit callbacks that keep the
-/// offset tracker in step with the partitions this consumer owns.
+/// offset tracker and the FAST subscriptions in step with the partitions this consumer owns.
 struct ConsumerLog {
     tracker: Arc<Mutex<OffsetTracker>>,
     topic: String,
     processor: String,
+    owned: Owned,
+    /// Partitions whose assignment was lost (Kafka unreachable for a session timeout) and
+    /// whose FAST subjects are still taken, so FAST keeps flowing while Kafka is down; the
+    /// next assignment replaces them.
+    kept: Mutex<BTreeSet<i32>>,
 }
 
 impl ClientContext for ConsumerLog {
@@ -422,15 +486,34 @@ impl ConsumerContext for ConsumerLog {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) => {
-                let mut t = lock(&self.tracker);
                 let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
-                for p in &partitions {
-                    t.assign(*p);
+                {
+                    let mut t = lock(&self.tracker);
+                    for p in &partitions {
+                        t.assign(*p);
+                    }
                 }
+                let stale =
+                    std::mem::take(&mut *self.kept.lock().unwrap_or_else(|e| e.into_inner()));
+                self.owned.send_modify(|owned| {
+                    owned.retain(|p| !stale.contains(p));
+                    owned.extend(&partitions);
+                });
                 info!(processor = %self.processor, topic = %self.topic, ?partitions, "partitions assigned");
             }
             Rebalance::Revoke(tpl) => {
                 let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+                // FAST first: the sooner this member stops taking them, the shorter the time
+                // both it and the next owner do.
+                if consumer.assignment_lost() {
+                    let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
+                    kept.extend(&partitions);
+                    warn!(processor = %self.processor, ?partitions,
+                        "partition assignment lost; their FAST subjects are kept until the group forms again");
+                } else {
+                    self.owned
+                        .send_modify(|owned| owned.retain(|p| !partitions.contains(p)));
+                }
                 let offsets: Vec<(i32, i64)> = {
                     let mut t = lock(&self.tracker);
                     partitions

@@ -9,14 +9,17 @@
 //! - [`mongo_store`]: split-mode store of undelivered messages on MongoDB, with
 //!   `mongo_channels`: the channel history it keeps.
 //! - [`split_bus`]: the split-mode bus, [`SplitBus`], composed of
-//!   - `nats_bus`: FAST envelopes and connector commands on NATS,
+//!   - `nats_bus`: FAST envelopes and connector commands on NATS, with
+//!     `fast_subscriptions`: a processor's FAST subjects, following its partitions,
 //!   - `kafka_bus`: RELIABLE envelopes on Kafka, committed as processors acknowledge,
-//!   - [`offset_tracker`]: which Kafka offsets may be committed.
+//!   - [`offset_tracker`]: which Kafka offsets may be committed,
+//!   - [`partitions`]: a sender's partition, shared by its FAST and RELIABLE envelopes.
 //!
 //! Nothing outside this crate names an engine.
 
 mod embedded_channels;
 pub mod embedded_store;
+mod fast_subscriptions;
 mod kafka_bus;
 pub mod memory_bus;
 pub mod memory_presence;
@@ -24,6 +27,7 @@ mod mongo_channels;
 pub mod mongo_store;
 mod nats_bus;
 pub mod offset_tracker;
+pub mod partitions;
 pub mod redis_presence;
 pub mod split_bus;
 

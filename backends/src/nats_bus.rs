@@ -1,9 +1,12 @@
-//! The NATS half of the split bus: FAST envelopes to the processors' queue group, commands
-//! and delivery reports between processors and connectors. Nothing here is durable: a
-//! request with no report in time counts as not written (the processor stores it). While
-//! disconnected, calls fail at once with `Unavailable` instead of queueing in the client,
-//! which reconnects by itself and re-subscribes.
+//! The NATS half of the split bus: FAST envelopes, each on the subject of its sender's
+//! partition and taken by the processor that owns that partition in Kafka (so one sender's
+//! FAST envelopes reach one processor, in order); commands and delivery reports between
+//! processors and connectors. Nothing here is durable: a request with no report in time
+//! counts as not written (the processor stores it). While disconnected, calls fail at once
+//! with `Unavailable` instead of queueing in the client, which reconnects by itself and
+//! re-subscribes.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -14,16 +17,19 @@ use async_nats::{Client, ConnectOptions, Event, Request, Subject};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use serde::Serialize;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
-use common::bus::{Ack, BusError, Command, Inbound, Replier};
+use common::bus::{BusError, Command, Inbound, Replier};
 use common::envelope::{ConnectorCommand, DeliveryReport, Envelope};
 use common::ids::ConnectorName;
 
+use crate::fast_subscriptions::{FollowPartitions, forward};
 use crate::split_bus::{SplitBusConfig, Tasks};
 
-/// The queue group every processor joins: each FAST envelope goes to one of them.
+/// The queue group every processor joins on the unpartitioned inbound subject, where
+/// connectors of earlier versions publish FAST envelopes (each goes to one processor, in no
+/// particular order); kept so a rolling upgrade loses no FAST envelope.
 pub(crate) const PROCESSOR_QUEUE_GROUP: &str = "processor";
 
 /// Messages the NATS client buffers per subscription while this bus's queue is full; past
@@ -115,51 +121,55 @@ impl NatsBus {
         }
     }
 
-    pub async fn publish(&self, envelope: &Envelope) -> Result<(), BusError> {
+    /// Publishes a FAST envelope on the subject of `partition`, its sender's partition.
+    /// `Ok` once handed to NATS, whether or not a processor takes that subject now.
+    pub async fn publish(&self, partition: i32, envelope: &Envelope) -> Result<(), BusError> {
         self.connected()?;
         let payload = encode(envelope)?;
         self.client
-            .publish(self.config.inbound_name(), payload)
+            .publish(self.config.fast_subject(partition), payload)
             .await
             .map_err(|e| unavailable("publish", e))
     }
 
-    /// Feeds FAST envelopes from the processors' queue group into `tx`, with no-op acks.
-    pub async fn consume(&self, tx: mpsc::Sender<Inbound>, tasks: &Tasks) -> Result<(), BusError> {
-        let mut subscriber = self
+    /// Feeds FAST envelopes published on the unpartitioned inbound subject (by connectors of
+    /// earlier versions) into `tx`, as one member of the processors' queue group.
+    pub async fn consume_unpartitioned(
+        &self,
+        tx: mpsc::Sender<Inbound>,
+        tasks: &Tasks,
+    ) -> Result<(), BusError> {
+        let subscriber = self
             .client
             .queue_subscribe(self.config.inbound_name(), PROCESSOR_QUEUE_GROUP.into())
             .await
             .map_err(|e| unavailable("subscribe", e))?;
-        let cancel = tasks.cancel.clone();
-        tasks.spawn(async move {
-            loop {
-                let message = tokio::select! {
-                    _ = cancel.cancelled() => break,
-                    _ = tx.closed() => break,
-                    m = subscriber.next() => match m {
-                        Some(m) => m,
-                        None => break,
-                    },
-                };
-                let envelope: Envelope = match serde_json::from_slice(&message.payload) {
-                    Ok(e) => e,
-                    Err(e) => {
-                        warn!(error = %e, subject = %message.subject, "undecodable FAST envelope dropped");
-                        continue;
-                    }
-                };
-                let inbound = Inbound {
-                    envelope,
-                    ack: Ack::none(),
-                };
-                if tx.send(inbound).await.is_err() {
-                    break;
-                }
-            }
-            let _ = subscriber.unsubscribe().await;
-        });
+        tasks.spawn(forward(subscriber, tx, tasks.cancel.clone()));
         Ok(())
+    }
+
+    /// Feeds the FAST envelopes of the partitions in `owned` into `tx`, following its
+    /// changes: one subscription (no queue group) and one task per partition, so each
+    /// partition's envelopes reach `tx` in the order NATS delivered them. `taken` says which
+    /// partitions' subjects are subscribed now (also the gauge `linker_fast_partitions`).
+    /// Ends when the bus shuts down, `tx` closes or the owner of `owned` (the Kafka
+    /// consumer) goes.
+    pub fn consume(
+        &self,
+        processor: &str,
+        owned: watch::Receiver<BTreeSet<i32>>,
+        taken: watch::Sender<BTreeSet<i32>>,
+        tx: mpsc::Sender<Inbound>,
+        tasks: &Tasks,
+    ) {
+        let follow = FollowPartitions {
+            client: self.client.clone(),
+            config: self.config.clone(),
+            processor: processor.to_owned(),
+            cancel: tasks.cancel.clone(),
+            tx,
+        };
+        tasks.spawn(follow.run(owned, taken));
     }
 
     /// One-way: `Ok` once handed to NATS, whether or not the connector listens.

@@ -1,16 +1,20 @@
 //! The split-mode bus: FAST envelopes and connector commands on NATS, RELIABLE envelopes on
-//! Kafka, behind one [`Bus`]; [`Bus::consume`] merges both into one queue. An engine that is
-//! down gives [`BusError::Unavailable`]; the clients reconnect and consumption resumes on the
-//! same bus. Names: `linker.<domain>.inbound` (NATS subject, queue group `processor`; Kafka
-//! topic), group `linker.<domain>.processor`, commands `linker.<domain>.connector.<name>`.
+//! Kafka, behind one [`Bus`]; [`Bus::consume`] merges both into one queue. A sender's FAST
+//! envelopes go to the processor owning its Kafka partition, like its RELIABLE ones, so both
+//! keep the sender's order across processors. An engine that is down gives
+//! [`BusError::Unavailable`]; the clients reconnect and consumption resumes on the same bus.
+//! Names: Kafka topic `linker.<domain>.inbound`, group `linker.<domain>.processor`; NATS FAST
+//! subjects `linker.<domain>.fast.<partition>` (and `linker.<domain>.inbound`, queue group
+//! `processor`, for connectors of earlier versions); commands `linker.<domain>.connector.<name>`.
 
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -37,7 +41,8 @@ pub struct SplitBusConfig {
     /// Kafka bootstrap servers, comma-separated (`host:9092`).
     pub kafka_brokers: String,
     /// Partitions of the inbound topic when this bus creates it (an existing topic is left
-    /// as it is). More partitions let more processors share the RELIABLE work.
+    /// as it is, and its own count is used). More partitions let more processors share the
+    /// work; a sender's FAST and RELIABLE envelopes go to the owner of its partition.
     pub partitions: i32,
     /// Replication factor of the inbound topic when this bus creates it.
     pub replication_factor: i32,
@@ -91,9 +96,20 @@ impl SplitBusConfig {
         Duration::from_millis(self.produce_timeout_ms)
     }
 
-    /// The subject and topic processors take envelopes from.
+    /// The Kafka topic processors take RELIABLE envelopes from (and the NATS subject of FAST
+    /// envelopes from connectors of earlier versions).
     pub fn inbound_name(&self) -> String {
         format!("linker.{}.inbound", self.domain)
+    }
+
+    /// The NATS subject of the FAST envelopes of senders in Kafka partition `partition`.
+    pub fn fast_subject(&self, partition: i32) -> String {
+        format!("linker.{}.fast.{partition}", self.domain)
+    }
+
+    /// The longest [`Bus::consume`] waits for the group to give the new member partitions.
+    pub fn session_timeout(&self) -> Duration {
+        Duration::from_millis(self.session_timeout_ms)
     }
 
     /// The Kafka consumer group of the domain's processors.
@@ -209,15 +225,38 @@ impl Drop for SplitBus {
 impl Bus for SplitBus {
     async fn publish(&self, envelope: Envelope) -> Result<(), BusError> {
         match envelope.feature {
-            Feature::Fast => self.nats.publish(&envelope).await,
+            Feature::Fast => {
+                let partition = self.kafka.partition_of(&envelope);
+                self.nats.publish(partition, &envelope).await
+            }
             Feature::Reliable => self.kafka.publish(&envelope).await,
         }
     }
 
+    /// Joins the processors' group and takes the FAST subjects of the partitions it gets.
+    /// Returns once it took some, or after the session timeout (a member may get none: more
+    /// processors than partitions, or Kafka down), so that a processor that says it is up
+    /// takes its senders' FAST envelopes.
     async fn consume(&self, name: &str) -> Result<mpsc::Receiver<Inbound>, BusError> {
         let (tx, rx) = mpsc::channel(self.config.inbound_queue.max(1));
-        self.nats.consume(tx.clone(), &self.tasks).await?;
-        self.kafka.consume(name, tx, &self.tasks)?;
+        let (owned, owned_rx) = watch::channel(BTreeSet::new());
+        let (taken_tx, mut taken) = watch::channel(BTreeSet::new());
+        self.nats
+            .consume_unpartitioned(tx.clone(), &self.tasks)
+            .await?;
+        self.nats
+            .consume(name, owned_rx, taken_tx, tx.clone(), &self.tasks);
+        self.kafka.consume(name, tx, owned, &self.tasks)?;
+        let first = taken.wait_for(|t| !t.is_empty());
+        if tokio::time::timeout(self.config.session_timeout(), first)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                processor = name,
+                "no partition assigned yet; FAST envelopes follow once Kafka assigns some"
+            );
+        }
         Ok(rx)
     }
 
@@ -259,6 +298,7 @@ mod tests {
             ..SplitBusConfig::default()
         };
         assert_eq!(c.inbound_name(), "linker.d-1.inbound");
+        assert_eq!(c.fast_subject(3), "linker.d-1.fast.3");
         assert_eq!(c.processor_group(), "linker.d-1.processor");
         assert_eq!(
             c.connector_subject(&ConnectorName::new("connector-01"))

@@ -315,65 +315,167 @@ async fn each_sender_s_order_holds_across_partitions() {
     );
 }
 
+/// The sequence number of a probe, which [`receive_fast`] leaves out.
+const PROBE: u32 = 999;
+
+/// Receives from both processors until every sender in `expected` has its `count` FAST
+/// envelopes or nothing more comes, recording per sender which processor took each and in
+/// what order: `(sender -> sequence numbers, sender -> processors that took any)`.
+async fn receive_fast(
+    rx: &mut [&mut mpsc::Receiver<Inbound>],
+    senders: &HashSet<UserId>,
+    count: usize,
+) -> (HashMap<UserId, Vec<u32>>, HashMap<UserId, HashSet<usize>>) {
+    let (mut seen, mut took) = (HashMap::<UserId, Vec<u32>>::new(), HashMap::new());
+    let all = |seen: &HashMap<UserId, Vec<u32>>| {
+        senders
+            .iter()
+            .all(|s| seen.get(s).is_some_and(|v| v.len() >= count))
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut quiet_since = None;
+    while Instant::now() < deadline {
+        let mut got = None;
+        for (i, r) in rx.iter_mut().enumerate() {
+            if let Ok(inbound) = r.try_recv() {
+                got = Some((i, inbound));
+                break;
+            }
+        }
+        let Some((i, inbound)) = got else {
+            // Once all arrived, a moment more for a duplicate on the other processor.
+            if all(&seen) {
+                let q = *quiet_since.get_or_insert_with(Instant::now);
+                if q.elapsed() > Duration::from_millis(300) {
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        let from = inbound.envelope.from.clone();
+        if senders.contains(&from) && sequence(&inbound.envelope) != PROBE {
+            seen.entry(from.clone())
+                .or_default()
+                .push(sequence(&inbound.envelope));
+            took.entry(from).or_insert_with(HashSet::new).insert(i);
+        }
+    }
+    (seen, took)
+}
+
 #[tokio::test]
-async fn fast_envelopes_go_to_one_processor_of_the_group() {
-    let config = config("fast-group");
+async fn fast_envelopes_go_to_the_owner_of_the_sender_s_partition_in_order() {
+    const SENDERS: u64 = 16;
+    const EACH: u32 = 50;
+    let config = config("fast-owner");
+    let connector = connect(&config).await;
     let a = connect(&config).await;
     let b = connect(&config).await;
     let mut rx_a = a.consume("processor-a").await.unwrap();
+    // Returns once B has its partitions, taken over from A.
     let mut rx_b = b.consume("processor-b").await.unwrap();
 
-    // Warm up until both subscriptions are known to the server: each took one.
-    let warm = user(76);
-    let (mut a_took, mut b_took) = (false, false);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !(a_took && b_took) {
-        assert!(Instant::now() < deadline, "both processors subscribed");
-        b.publish(envelope(&warm, Feature::Fast, 0)).await.unwrap();
-        tokio::select! {
-            Some(_) = rx_a.recv() => a_took = true,
-            Some(_) = rx_b.recv() => b_took = true,
-            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+    let senders: HashSet<UserId> = (0..SENDERS).map(|s| user(7000 + s)).collect();
+    for n in 0..EACH {
+        for s in &senders {
+            connector
+                .publish(envelope(s, Feature::Fast, n))
+                .await
+                .unwrap();
         }
     }
-
-    let from = user(77);
-    let mut published = HashSet::new();
-    for n in 0..200 {
-        let e = envelope(&from, Feature::Fast, n);
-        published.insert(e.id);
-        b.publish(e).await.unwrap();
-    }
-    let (mut seen, mut on_a) = (Vec::new(), 0);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    // Until all arrived, and a moment more for any duplicate.
-    let mut quiet_since = None;
-    while Instant::now() < deadline {
-        tokio::select! {
-            Some(i) = rx_a.recv() => if i.envelope.from == from { seen.push(i.envelope.id); on_a += 1 },
-            Some(i) = rx_b.recv() => if i.envelope.from == from { seen.push(i.envelope.id) },
-            _ = tokio::time::sleep(Duration::from_millis(100)) => {
-                if seen.len() >= published.len() {
-                    let q = *quiet_since.get_or_insert_with(Instant::now);
-                    if q.elapsed() > Duration::from_millis(300) { break; }
-                }
-            }
-        }
-    }
-    let unique: HashSet<MessageId> = seen.iter().copied().collect();
-    assert_eq!(
-        unique.len(),
-        seen.len(),
-        "no FAST envelope went to two processors"
+    let (seen, took) = receive_fast(&mut [&mut rx_a, &mut rx_b], &senders, EACH as usize).await;
+    let in_order: Vec<u32> = (0..EACH).collect();
+    let on_a = took.values().filter(|p| p.contains(&0)).count();
+    println!(
+        "fast-owner: {} of {} envelopes arrived; senders on A {on_a}, on B {}",
+        seen.values().map(Vec::len).sum::<usize>(),
+        SENDERS * EACH as u64,
+        took.len() - on_a
     );
-    assert_eq!(
-        unique, published,
-        "every FAST envelope reached one processor"
-    );
+    for s in &senders {
+        assert_eq!(seen.get(s), Some(&in_order), "{s}: all, once, in order");
+        assert_eq!(
+            took[s].len(),
+            1,
+            "{s}: one processor took all of its envelopes"
+        );
+    }
     assert!(
-        on_a > 0 && on_a < seen.len(),
-        "both processors shared the work: A took {on_a}"
+        on_a > 0 && on_a < senders.len(),
+        "both processors own some senders: A has {on_a}"
     );
+
+    // B leaves: A owns every partition again, and takes B's senders' FAST envelopes.
+    b.shutdown().await;
+    drop(rx_b);
+    let left = Instant::now();
+    let mut probed: HashSet<UserId> = HashSet::new();
+    while probed.len() < senders.len() {
+        assert!(
+            left.elapsed() < Duration::from_secs(30),
+            "A took B's partitions"
+        );
+        for s in senders.iter().filter(|s| !probed.contains(*s)) {
+            connector
+                .publish(envelope(s, Feature::Fast, PROBE))
+                .await
+                .unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        while let Ok(inbound) = rx_a.try_recv() {
+            probed.insert(inbound.envelope.from.clone());
+        }
+    }
+    println!(
+        "fast-owner: A took every sender {:?} after B left",
+        left.elapsed()
+    );
+    // Probes still on their way are left out below.
+    for n in 0..EACH {
+        for s in &senders {
+            connector
+                .publish(envelope(s, Feature::Fast, n))
+                .await
+                .unwrap();
+        }
+    }
+    let (seen, _) = receive_fast(&mut [&mut rx_a], &senders, EACH as usize).await;
+    for s in &senders {
+        assert_eq!(seen.get(s), Some(&in_order), "{s} after the rebalance");
+    }
+}
+
+#[tokio::test]
+async fn a_sender_s_partition_is_the_one_librdkafka_s_default_partitioner_picks() {
+    use rdkafka::config::ClientConfig;
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    // Creates the topic with its partitions.
+    let config = config("partitioner");
+    let _bus = connect(&config).await;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &config.kafka_brokers)
+        .create()
+        .unwrap();
+    for n in 0..40 {
+        let key = format!("ANZ-{}", 123_456 + n * 7_919);
+        let delivery = producer
+            .send(
+                FutureRecord::to(&config.inbound_name())
+                    .key(&key)
+                    .payload("x"),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+        assert_eq!(
+            delivery.partition,
+            backends::partitions::partition_of(key.as_bytes(), config.partitions),
+            "{key}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -361,6 +361,11 @@ fn describe_metrics() {
         "linker_kafka_consumer_lag",
         "RELIABLE records of this processor's partitions not yet consumed (split mode)"
     );
+    describe_gauge!(
+        "linker_fast_partitions",
+        "partitions whose FAST subject this processor takes (split mode); summed over the \
+         processors it is the partition count, less while a partition has no owner"
+    );
     for feature in ["fast", "reliable"] {
         metrics::counter!("linker_bus_publish_errors_total", "feature" => feature).absolute(0);
     }

@@ -38,6 +38,7 @@ macro_rules! every_scenario {
     ($start:expr) => {
         $crate::scenario_tests!($start;
     two_users_exchange_fast_and_reliable,
+    each_senders_fast_messages_arrive_in_order,
     a_client_close_is_answered_with_a_close_frame,
     confirmation_arrives_once_with_two_target_sockets,
     no_confirmation_without_reference_or_when_disabled,
@@ -119,6 +120,73 @@ pub async fn a_client_close_is_answered_with_a_close_frame(
     let c = Client::login(&d.ws_url(0), &unique_user()).await?;
     let frame = c.close_cleanly().await?;
     ensure!(u16::from(frame.code) == 1000, "closed with {frame:?}");
+    Ok(())
+}
+
+/// Several senders each send FAST messages to a receiver of their own (on another connector
+/// where there are several), at a modest pace: every receiver gets its sender's messages in
+/// the order sent and, the system being quiet, all of them.
+pub async fn each_senders_fast_messages_arrive_in_order(d: &dyn Deployment) -> anyhow::Result<()> {
+    fast_messages_keep_each_senders_order(d, 6, 100).await
+}
+
+/// `pairs` senders send `each` FAST messages to a receiver each; fails on a message out of
+/// order or missing, printing the counts.
+pub async fn fast_messages_keep_each_senders_order(
+    d: &dyn Deployment,
+    pairs: usize,
+    each: usize,
+) -> anyhow::Result<()> {
+    let mut receivers = Vec::new();
+    let mut senders = Vec::new();
+    for i in 0..pairs {
+        let (from, to) = (unique_user(), unique_user());
+        let sender = Client::login(&d.ws_url(i), &from).await?;
+        let mut receiver = Client::login(&d.ws_url(i + 1), &to).await?;
+        let sent_by = json!(from);
+        receivers.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            while got.len() < each {
+                // Nothing more within the client's wait: the rest was lost.
+                let Ok(f) = receiver.next().await else { break };
+                if f["type"] == "MESSAGE" && f["data"]["from"] == sent_by {
+                    got.push(f["data"]["content"].as_str().unwrap_or_default().to_owned());
+                }
+            }
+            got
+        }));
+        senders.push((sender, to));
+    }
+    let sending = senders.into_iter().map(|(mut c, to)| {
+        tokio::spawn(async move {
+            for n in 0..each {
+                c.message(&to, &format!("f{n:05}"), "FAST", None).await?;
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
+            anyhow::Ok(c)
+        })
+    });
+    let mut clients = Vec::new();
+    for s in sending.collect::<Vec<_>>() {
+        clients.push(s.await??);
+    }
+    let mut problems = Vec::new();
+    for (i, r) in receivers.into_iter().enumerate() {
+        let got = r.await?;
+        let in_order = got.windows(2).all(|w| w[0] < w[1]);
+        println!(
+            "fast order: pair {i}: sent {each}, received {}, in order {in_order}",
+            got.len()
+        );
+        if !in_order {
+            problems.push(format!("pair {i} out of order: {got:?}"));
+        }
+        if got.len() != each {
+            problems.push(format!("pair {i} received {} of {each}", got.len()));
+        }
+    }
+    drop(clients);
+    ensure!(problems.is_empty(), "{}", problems.join("\n"));
     Ok(())
 }
 

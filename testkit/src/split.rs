@@ -7,6 +7,7 @@
 //! follows it (`meta_url`), so the meta-server too can be killed and started again.
 
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
@@ -68,6 +69,9 @@ impl Default for SplitOptions {
     }
 }
 
+/// Partitions of each deployment's inbound topic.
+pub const PARTITIONS: usize = 4;
+
 /// A domain name no other deployment uses, now or in an earlier run.
 fn fresh_domain() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
@@ -124,7 +128,7 @@ linker:
 {follow}  engines:
     nats_url: {nats}
     kafka_brokers: {kafka}
-    kafka_partitions: 4
+    kafka_partitions: {partitions}
     redis_url: {redis}
     mongo_url: {mongo}
     presence_ttl_ms: {ttl}
@@ -139,6 +143,7 @@ linker:
             kafka = engines.kafka,
             redis = engines.redis,
             mongo = engines.mongo,
+            partitions = PARTITIONS,
             ttl = o.presence_ttl_ms,
             refresh = (o.presence_ttl_ms / 3).max(100),
             deadline = o.auth_deadline_ms,
@@ -162,13 +167,40 @@ linker:
             let args = ["connector", "--config", &path, "--name", &name];
             connectors.push(LinkerProcess::start(bin, &args, &log).await?);
         }
-        Ok(Split {
+        let split = Split {
             _dir: dir,
             domain,
             connectors,
             processors,
             meta,
-        })
+        };
+        split.settled().await?;
+        Ok(split)
+    }
+
+    /// Waits until the running processors own every partition between them, each at least
+    /// one (while there are no more processors than partitions): a processor takes the
+    /// FAST messages of the senders in its partitions only, so until then some are dropped.
+    pub async fn settled(&self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut owned = Vec::new();
+            for addr in self.metrics_addrs() {
+                let (_, text) = crate::http_get(&addr, "/metrics").await?;
+                owned.push(crate::metric(&text, "linker_fast_partitions", &[]) as usize);
+            }
+            let each = owned.len() > PARTITIONS || owned.iter().all(|n| *n > 0);
+            if each && owned.iter().sum::<usize>() == PARTITIONS {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the processors own {owned:?} of {PARTITIONS} partitions after 30 s\n{}",
+                    self.diagnostics()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 }
 
