@@ -13,7 +13,6 @@
 # Build first: cargo build --release -p linker -p test-script. Loopback only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-target="${CARGO_TARGET_DIR:-target}/release"
 out="$1"
 total="${TOTAL:-100000}"
 connectors="${CONNECTORS:-6}"
@@ -23,72 +22,13 @@ rate="${CONNECT_RATE:-250}"   # new connections per second, per bench process
 hold="${HOLD_SECS:-20}"
 ramp_limit="${RAMP_LIMIT_SECS:-600}"
 mkdir -p "$out"
-eval "$(scripts/services.sh env)"
-work="$(mktemp -d)"
-pids=()
-stop_all() {
-    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for pid in "${pids[@]}"; do
-        for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$pid" 2>/dev/null || true
-    done
-}
-cleanup() {
-    stop_all
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-domain="conns$(date +%s)$$"
-cat >"$work/linker.yaml" <<YAML
-domains:
-  - name: $domain
-clientApps:
-  # No master user: no USER_CONNECTED is stored for an offline master (docs/benchmarks.md,
-  # finding 3).
-  - appName: ANZ
-    appId: app-id-343
-    authEnabled: false
-linker:
-  domain: $domain
-  metrics_listen: 127.0.0.1:0
-  engines:
-    nats_url: $LINKER_TEST_NATS_URL
-    kafka_brokers: $LINKER_TEST_KAFKA_BROKERS
-    kafka_partitions: 8
-    redis_url: $LINKER_TEST_REDIS_URL
-    mongo_url: $LINKER_TEST_MONGO_URL
-  connector:
-    listen: 127.0.0.1:0
-    # The load comes from a few loopback addresses: no cap per address.
-    max_connections_per_ip: 0
-YAML
-
-# Starts `linker ROLE --name NAME`; waits for its LINKER_READY line.
-start() {
-    local role="$1" name="$2"
-    LINKER_LOG="${LINKER_LOG:-warn}" "$target/linker" "$role" --config "$work/linker.yaml" \
-        --name "$name" >"$work/$name.out" 2>"$work/$name.log" &
-    local pid=$!
-    pids+=("$pid")
-    echo "$pid" >"$work/$name.pid"
-    for _ in $(seq 600); do
-        grep -q '^LINKER_READY' "$work/$name.out" && return 0
-        kill -0 "$pid" 2>/dev/null || { cat "$work/$name.log" >&2; exit 1; }
-        sleep 0.1
-    done
-    echo "$name not ready within 60 s" >&2
-    exit 1
-}
+. scripts/lib/split-domain.sh
+# The load comes from a few loopback addresses: no cap per address.
+split_domain_config conns "    max_connections_per_ip: 0"
 
 rss() { awk '/VmRSS/{print $2}' "/proc/$1/status"; }
 
-for i in $(seq "$processors"); do start processor "processor-0$i"; done
-targets=()
-for i in $(seq "$connectors"); do
-    start connector "connector-0$i"
-    targets+=("ws://$(sed -n 's/^LINKER_READY ws=\([^ ]*\).*/\1/p' "$work/connector-0$i.out")/ws")
-done
+split_domain_start "$processors" "$connectors"
 for i in $(seq "$connectors"); do
     echo "connector-0$i $(rss "$(cat "$work/connector-0$i.pid")")" >>"$work/rss-before"
 done
@@ -159,7 +99,4 @@ done
 } | tee "$out/summary.txt"
 
 for pid in "${bench_pids[@]}"; do wait "$pid" || true; done
-if grep -qiE 'error|panic' "$work"/*.log; then
-    echo "--- server logs (errors) ---" >&2
-    grep -iE 'error|panic' "$work"/*.log | head -20 >&2
-fi
+split_domain_errors
