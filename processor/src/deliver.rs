@@ -74,12 +74,14 @@ fn record_delivery(feature: Feature, created_at: u64) {
 }
 
 impl Processor {
-    /// MESSAGE: to the target's sockets, else stored (RELIABLE) or dropped (FAST).
+    /// MESSAGE: to the target's sockets, else stored (RELIABLE) or dropped (FAST). `sockets`
+    /// are the target's, when the caller looked them up already.
     pub(crate) async fn message(
         &self,
         meta: Meta,
         to: UserId,
         content: &RawValue,
+        sockets: Option<Vec<SocketAddress>>,
     ) -> Result<(), ProcessError> {
         let stored = StoredMessage {
             id: meta.id,
@@ -88,16 +90,19 @@ impl Processor {
             created_at: meta.created_at,
             confirm: meta.confirmation(),
         };
-        self.deliver_or_store(stored, meta.feature).await
+        self.deliver_or_store(stored, meta.feature, sockets).await
     }
 
     /// Delivers `message` to its user's sockets; stores it if none took it and it is
     /// RELIABLE; confirms to the sender if it was delivered and a confirmation is due. A
-    /// user of another domain gets it relayed there, where the same happens.
+    /// user of another domain gets it relayed there, where the same happens. `sockets` are
+    /// the user's when the caller looked them up already (`lookup_unless_processed`); with
+    /// `None` they are looked up here.
     pub(crate) async fn deliver_or_store(
         &self,
         message: StoredMessage,
         feature: Feature,
+        sockets: Option<Vec<SocketAddress>>,
     ) -> Result<(), ProcessError> {
         if let Home::Remote(home) = self.home(&message.to)? {
             let to = message.to.clone();
@@ -112,7 +117,10 @@ impl Processor {
             };
             return self.relay(message.id, to, feature, home, what).await;
         }
-        let sockets = self.presence.lookup(&message.to).await?;
+        let sockets = match sockets {
+            Some(sockets) => sockets,
+            None => self.presence.lookup(&message.to).await?,
+        };
         let report = feature == Feature::Reliable || message.confirm.is_some();
         let mut written = false;
         let mut acking = Vec::new();
@@ -248,7 +256,7 @@ impl Processor {
             created_at: common::now_millis(),
             confirm: None,
         };
-        match Box::pin(self.deliver_or_store(stored.clone(), Feature::Reliable)).await {
+        match Box::pin(self.deliver_or_store(stored.clone(), Feature::Reliable, None)).await {
             Err(ProcessError::InboxFull(user)) => {
                 debug!(user, "confirmation dropped: the sender's inbox is full");
                 Ok(())

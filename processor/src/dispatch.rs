@@ -18,9 +18,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use common::bus::Inbound;
-use common::envelope::{Body, ConnectorCommand, Envelope, Target};
+use common::envelope::{Body, ConnectorCommand, Envelope, Relayed, Target};
 use common::frame::{Feature, out_general_error};
-use common::ids::UserId;
+use common::ids::{SocketAddress, UserId};
+use common::network::Home;
 
 use crate::deliver::Meta;
 use crate::lanes::{Held, Lanes};
@@ -204,6 +205,9 @@ async fn tell_sender(p: &Processor, envelope: &Envelope, e: &ProcessError) {
     }
 }
 
+/// A redelivered envelope found already processed: skipped.
+struct AlreadyProcessed;
+
 impl Processor {
     /// Handles a RELIABLE envelope once: a redelivered one that was already delivered or
     /// stored is skipped, by its id. `handled` is set once it was delivered or stored, so a
@@ -216,12 +220,23 @@ impl Processor {
         handled: &mut bool,
     ) -> Result<(), ProcessError> {
         if !*handled {
-            if self.presence.is_processed(envelope.id).await? {
+            // For one local target, the processed check and its lookup are one call.
+            let looked_up = match self.single_local_target(envelope) {
+                Some(user) => self
+                    .presence
+                    .lookup_unless_processed(envelope.id, user)
+                    .await?
+                    .map(Some)
+                    .ok_or(AlreadyProcessed),
+                None if self.presence.is_processed(envelope.id).await? => Err(AlreadyProcessed),
+                None => Ok(None),
+            };
+            let Ok(sockets) = looked_up else {
                 debug!(id = %envelope.id, "redelivered envelope already processed; skipped");
                 metrics::counter!("linker_processor_redelivered_skipped_total").increment(1);
                 return self.send_receipt(envelope).await;
-            }
-            self.handle(envelope).await?;
+            };
+            self.handle_looked_up(envelope, sockets).await?;
             *handled = true;
         }
         self.presence.mark_processed(envelope.id).await?;
@@ -230,6 +245,36 @@ impl Processor {
 
     /// Handles one envelope: delivered or stored, else an error.
     pub async fn handle(&self, envelope: &Envelope) -> Result<(), ProcessError> {
+        self.handle_looked_up(envelope, None).await
+    }
+
+    /// The user a MESSAGE, or a relay delivering to one user, is for, if that user lives
+    /// here: the one lookup it needs can be asked together with its processed check.
+    fn single_local_target<'e>(&self, envelope: &'e Envelope) -> Option<&'e UserId> {
+        let user = match &envelope.body {
+            Body::Message { to, .. } => to,
+            Body::Relay(relay) => match &relay.what {
+                Relayed::Deliver { to, .. }
+                    if relay.home == *self.network.current().local_domain() =>
+                {
+                    match to.as_slice() {
+                        [one] => one,
+                        _ => return None,
+                    }
+                }
+                _ => return None,
+            },
+            _ => return None,
+        };
+        matches!(self.home(user), Ok(Home::Local)).then_some(user)
+    }
+
+    /// As `handle`; `sockets` are those of `single_local_target`, if looked up already.
+    async fn handle_looked_up(
+        &self,
+        envelope: &Envelope,
+        sockets: Option<Vec<SocketAddress>>,
+    ) -> Result<(), ProcessError> {
         let origin = envelope.origin.clone();
         let meta = Meta {
             id: envelope.id,
@@ -244,7 +289,7 @@ impl Processor {
                 metrics::counter!("linker_processor_messages_total", "kind" => "message")
                     .increment(1);
                 if self.first_with_reference(envelope).await? {
-                    self.message(meta, to.clone(), content).await?;
+                    self.message(meta, to.clone(), content, sockets).await?;
                 }
                 self.accepted(envelope).await;
                 Ok(())
@@ -283,7 +328,7 @@ impl Processor {
             }
             Body::UserConnected => self.user_event(meta, true).await,
             Body::UserDisconnected => self.user_event(meta, false).await,
-            Body::Relay(_) => self.relayed(envelope).await,
+            Body::Relay(_) => self.relayed(envelope, sockets).await,
         }
     }
 }
