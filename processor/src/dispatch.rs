@@ -53,13 +53,16 @@ pub(crate) async fn run(
         };
         let Some(inbound) = next else { break };
         let waited = common::now_millis().saturating_sub(inbound.envelope.created_at);
-        metrics::histogram!("linker_bus_latency_seconds", "feature" => inbound.envelope.feature.label())
+        p.meters
+            .bus_latency(inbound.envelope.feature)
             .record(waited as f64 / 1000.0);
         while let Some(ended) = tasks.try_join_next() {
             report_panic(ended);
         }
-        metrics::gauge!("linker_processor_held").set((held - places.available_permits()) as f64);
-        metrics::gauge!("linker_processor_busy_senders").set(lanes.senders() as f64);
+        p.meters
+            .held
+            .set((held - places.available_permits()) as f64);
+        p.meters.busy_senders.set(lanes.senders() as f64);
         if let Some(first) = lanes.push(Held { inbound, place }) {
             let lane = Lane {
                 p: p.clone(),
@@ -286,8 +289,7 @@ impl Processor {
         };
         match &envelope.body {
             Body::Message { to, content } => {
-                metrics::counter!("linker_processor_messages_total", "kind" => "message")
-                    .increment(1);
+                self.meters.messages.increment(1);
                 if self.first_with_reference(envelope).await? {
                     self.message(meta, to.clone(), content, sockets).await?;
                 }
@@ -295,8 +297,7 @@ impl Processor {
                 Ok(())
             }
             Body::GroupMessage { to, content } => {
-                metrics::counter!("linker_processor_messages_total", "kind" => "group")
-                    .increment(1);
+                self.meters.group_messages.increment(1);
                 if self.first_with_reference(envelope).await? {
                     self.group(meta, to, content).await?;
                 }
@@ -304,8 +305,7 @@ impl Processor {
                 Ok(())
             }
             Body::ChannelMessage { channel, content } => {
-                metrics::counter!("linker_processor_messages_total", "kind" => "channel")
-                    .increment(1);
+                self.meters.channel_messages.increment(1);
                 if self.first_with_reference(envelope).await? {
                     self.channel_message(meta, channel, content).await?;
                 }
