@@ -7,7 +7,8 @@
 //! holds the bus back. A worker acknowledges an envelope once it was delivered or stored. A
 //! RELIABLE envelope that fails because an engine is down is retried with backoff,
 //! unacknowledged, until the engine is back, holding back only its own sender; any other
-//! failure is told to the sender as a GENERAL_ERROR.
+//! failure is told to the sender as a GENERAL_ERROR. A RELIABLE envelope for one local user
+//! asks presence whether it was processed and where its user is in one call.
 
 use std::sync::Arc;
 use std::time::Duration;
