@@ -90,6 +90,18 @@ end
 return found
 ";
 
+/// Nothing (nil) if the processed mark `KEYS[1]` exists, else the members of the presence
+/// set `KEYS[2]` that have not expired by the server's now: a message's processed check and
+/// its target's lookup in one round trip.
+const LOOKUP_UNLESS_PROCESSED_SCRIPT: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return false
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+return redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. now, '+inf')
+";
+
 /// Deletes the lock `KEYS[1]` only if it still holds our token `ARGV[1]`.
 const UNLOCK_SCRIPT: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -128,6 +140,7 @@ pub struct RedisPresence {
     lookup: Script,
     members: Script,
     lookup_all: Script,
+    lookup_unless_processed: Script,
     unlock: Script,
     claim: Script,
     grant: Script,
@@ -167,6 +180,7 @@ impl RedisPresence {
             lookup: Script::new(LOOKUP_SCRIPT),
             members: Script::new(MEMBERS_SCRIPT),
             lookup_all: Script::new(LOOKUP_ALL_SCRIPT),
+            lookup_unless_processed: Script::new(LOOKUP_UNLESS_PROCESSED_SCRIPT),
             unlock: Script::new(UNLOCK_SCRIPT),
             claim: Script::new(CLAIM_SCRIPT),
             grant: Script::new(GRANT_SCRIPT),
@@ -484,6 +498,18 @@ impl Presence for RedisPresence {
         let cmd = redis::cmd("EXISTS").arg(self.done_key(id)).clone();
         let found: u64 = self.bounded(cmd.query_async(&mut con)).await?;
         Ok(found > 0)
+    }
+
+    async fn lookup_unless_processed(
+        &self,
+        id: MessageId,
+        user: &UserId,
+    ) -> Result<Option<Vec<SocketAddress>>, PresenceError> {
+        let mut con = self.con.clone();
+        let mut call = self.lookup_unless_processed.prepare_invoke();
+        call.key(self.done_key(id)).key(self.presence_key(user));
+        let members: Option<Vec<String>> = self.bounded(call.invoke_async(&mut con)).await?;
+        Ok(members.map(|m| parse_members(user, &m)))
     }
 
     async fn mark_processed(&self, id: MessageId) -> Result<(), PresenceError> {

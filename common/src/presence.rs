@@ -68,6 +68,20 @@ pub trait Presence: Send + Sync + 'static {
     /// Records that the envelope with this id was delivered or stored; kept for a bounded time.
     async fn mark_processed(&self, id: MessageId) -> Result<(), PresenceError>;
 
+    /// `None` if envelope `id` was already processed (`is_processed`), else `lookup(user)`:
+    /// the first step of a RELIABLE message in one round trip instead of two. The default
+    /// asks the two in turn; a shared engine answers both at once.
+    async fn lookup_unless_processed(
+        &self,
+        id: MessageId,
+        user: &UserId,
+    ) -> Result<Option<Vec<SocketAddress>>, PresenceError> {
+        if self.is_processed(id).await? {
+            return Ok(None);
+        }
+        self.lookup(user).await.map(Some)
+    }
+
     /// Makes `socket` of `user` a member of `channel` (again: no change).
     async fn join(
         &self,

@@ -7,7 +7,8 @@
 //! holds the bus back. A worker acknowledges an envelope once it was delivered or stored. A
 //! RELIABLE envelope that fails because an engine is down is retried with backoff,
 //! unacknowledged, until the engine is back, holding back only its own sender; any other
-//! failure is told to the sender as a GENERAL_ERROR.
+//! failure is told to the sender as a GENERAL_ERROR. A RELIABLE envelope for one local user
+//! asks presence whether it was processed and where its user is in one call.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,9 +19,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use common::bus::Inbound;
-use common::envelope::{Body, ConnectorCommand, Envelope, Target};
+use common::envelope::{Body, ConnectorCommand, Envelope, Relayed, Target};
 use common::frame::{Feature, out_general_error};
-use common::ids::UserId;
+use common::ids::{SocketAddress, UserId};
+use common::network::Home;
 
 use crate::deliver::Meta;
 use crate::lanes::{Held, Lanes};
@@ -52,13 +54,16 @@ pub(crate) async fn run(
         };
         let Some(inbound) = next else { break };
         let waited = common::now_millis().saturating_sub(inbound.envelope.created_at);
-        metrics::histogram!("linker_bus_latency_seconds", "feature" => inbound.envelope.feature.label())
+        p.meters
+            .bus_latency(inbound.envelope.feature)
             .record(waited as f64 / 1000.0);
         while let Some(ended) = tasks.try_join_next() {
             report_panic(ended);
         }
-        metrics::gauge!("linker_processor_held").set((held - places.available_permits()) as f64);
-        metrics::gauge!("linker_processor_busy_senders").set(lanes.senders() as f64);
+        p.meters
+            .held
+            .set((held - places.available_permits()) as f64);
+        p.meters.busy_senders.set(lanes.senders() as f64);
         if let Some(first) = lanes.push(Held { inbound, place }) {
             let lane = Lane {
                 p: p.clone(),
@@ -204,6 +209,9 @@ async fn tell_sender(p: &Processor, envelope: &Envelope, e: &ProcessError) {
     }
 }
 
+/// A redelivered envelope found already processed: skipped.
+struct AlreadyProcessed;
+
 impl Processor {
     /// Handles a RELIABLE envelope once: a redelivered one that was already delivered or
     /// stored is skipped, by its id. `handled` is set once it was delivered or stored, so a
@@ -216,12 +224,23 @@ impl Processor {
         handled: &mut bool,
     ) -> Result<(), ProcessError> {
         if !*handled {
-            if self.presence.is_processed(envelope.id).await? {
+            // For one local target, the processed check and its lookup are one call.
+            let looked_up = match self.single_local_target(envelope) {
+                Some(user) => self
+                    .presence
+                    .lookup_unless_processed(envelope.id, user)
+                    .await?
+                    .map(Some)
+                    .ok_or(AlreadyProcessed),
+                None if self.presence.is_processed(envelope.id).await? => Err(AlreadyProcessed),
+                None => Ok(None),
+            };
+            let Ok(sockets) = looked_up else {
                 debug!(id = %envelope.id, "redelivered envelope already processed; skipped");
                 metrics::counter!("linker_processor_redelivered_skipped_total").increment(1);
                 return self.send_receipt(envelope).await;
-            }
-            self.handle(envelope).await?;
+            };
+            self.handle_looked_up(envelope, sockets).await?;
             *handled = true;
         }
         self.presence.mark_processed(envelope.id).await?;
@@ -230,6 +249,36 @@ impl Processor {
 
     /// Handles one envelope: delivered or stored, else an error.
     pub async fn handle(&self, envelope: &Envelope) -> Result<(), ProcessError> {
+        self.handle_looked_up(envelope, None).await
+    }
+
+    /// The user a MESSAGE, or a relay delivering to one user, is for, if that user lives
+    /// here: the one lookup it needs can be asked together with its processed check.
+    fn single_local_target<'e>(&self, envelope: &'e Envelope) -> Option<&'e UserId> {
+        let user = match &envelope.body {
+            Body::Message { to, .. } => to,
+            Body::Relay(relay) => match &relay.what {
+                Relayed::Deliver { to, .. }
+                    if relay.home == *self.network.current().local_domain() =>
+                {
+                    match to.as_slice() {
+                        [one] => one,
+                        _ => return None,
+                    }
+                }
+                _ => return None,
+            },
+            _ => return None,
+        };
+        matches!(self.home(user), Ok(Home::Local)).then_some(user)
+    }
+
+    /// As `handle`; `sockets` are those of `single_local_target`, if looked up already.
+    async fn handle_looked_up(
+        &self,
+        envelope: &Envelope,
+        sockets: Option<Vec<SocketAddress>>,
+    ) -> Result<(), ProcessError> {
         let origin = envelope.origin.clone();
         let meta = Meta {
             id: envelope.id,
@@ -241,17 +290,15 @@ impl Processor {
         };
         match &envelope.body {
             Body::Message { to, content } => {
-                metrics::counter!("linker_processor_messages_total", "kind" => "message")
-                    .increment(1);
+                self.meters.messages.increment(1);
                 if self.first_with_reference(envelope).await? {
-                    self.message(meta, to.clone(), content).await?;
+                    self.message(meta, to.clone(), content, sockets).await?;
                 }
                 self.accepted(envelope).await;
                 Ok(())
             }
             Body::GroupMessage { to, content } => {
-                metrics::counter!("linker_processor_messages_total", "kind" => "group")
-                    .increment(1);
+                self.meters.group_messages.increment(1);
                 if self.first_with_reference(envelope).await? {
                     self.group(meta, to, content).await?;
                 }
@@ -259,8 +306,7 @@ impl Processor {
                 Ok(())
             }
             Body::ChannelMessage { channel, content } => {
-                metrics::counter!("linker_processor_messages_total", "kind" => "channel")
-                    .increment(1);
+                self.meters.channel_messages.increment(1);
                 if self.first_with_reference(envelope).await? {
                     self.channel_message(meta, channel, content).await?;
                 }
@@ -283,7 +329,7 @@ impl Processor {
             }
             Body::UserConnected => self.user_event(meta, true).await,
             Body::UserDisconnected => self.user_event(meta, false).await,
-            Body::Relay(_) => self.relayed(envelope).await,
+            Body::Relay(_) => self.relayed(envelope, sockets).await,
         }
     }
 }

@@ -30,7 +30,7 @@ impl Processor {
             created_at: meta.created_at,
             confirm: None,
         };
-        match self.deliver_or_store(stored, Feature::Reliable).await {
+        match self.deliver_or_store(stored, Feature::Reliable, None).await {
             // The master's inbox is full: the event is dropped (counted), nobody to tell.
             Err(ProcessError::InboxFull(_)) => Ok(()),
             other => other,

@@ -9,6 +9,7 @@
 //! - [`dispatch`]: taking envelopes from the bus, handling each sender's in order and
 //!   different senders' at once, acknowledging them; the per-envelope dispatch.
 //! - `lanes`: the envelopes held, queued per sender.
+//! - `meters`: the metrics of every envelope, registered once.
 //! - [`route`]: whether a target lives here, and relaying to the domain where it does.
 //! - [`links`]: the TCP links to neighbouring domains.
 //! - [`outbox`]: relays waiting for a path, kept in the store and sent when one is back.
@@ -27,6 +28,7 @@ pub mod events;
 pub mod fetch;
 mod lanes;
 pub mod links;
+mod meters;
 pub mod outbox;
 pub mod resume;
 pub mod route;
@@ -178,6 +180,7 @@ pub struct Processor {
     /// Relays sent from here that wait for their home domain's receipt, and when they went.
     pub(crate) in_transit:
         std::sync::Mutex<std::collections::HashMap<common::ids::MessageId, std::time::Instant>>,
+    pub(crate) meters: meters::Meters,
 }
 
 impl Processor {
@@ -198,6 +201,7 @@ impl Processor {
             links,
             outbox_kept: tokio::sync::Notify::new(),
             in_transit: std::sync::Mutex::default(),
+            meters: meters::Meters::new(),
         }
     }
 

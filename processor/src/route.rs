@@ -114,7 +114,12 @@ impl Processor {
     }
 
     /// A relay that arrived here: carried out if its users live here, else passed on.
-    pub(crate) async fn relayed(&self, envelope: &Envelope) -> Result<(), ProcessError> {
+    /// `sockets` are those of its one user, when the caller looked them up already.
+    pub(crate) async fn relayed(
+        &self,
+        envelope: &Envelope,
+        sockets: Option<Vec<SocketAddress>>,
+    ) -> Result<(), ProcessError> {
         let Body::Relay(relay) = &envelope.body else {
             return Ok(());
         };
@@ -124,7 +129,7 @@ impl Processor {
         match &relay.what {
             Relayed::Deliver { to, message } => match to.as_slice() {
                 [one] => {
-                    self.deliver_or_store(message.to_user(one.clone()), envelope.feature)
+                    self.deliver_or_store(message.to_user(one.clone()), envelope.feature, sockets)
                         .await
                 }
                 many => {

@@ -424,7 +424,8 @@ async fn lookup_all(p: &dyn Presence) -> anyhow::Result<()> {
 }
 
 /// Sockets per user, locks that exclude and expire, processed marks (if the engine keeps
-/// them: `keeps_marks` is false for the in-memory presence, whose bus never redelivers).
+/// them: `keeps_marks` is false for the in-memory presence, whose bus never redelivers) and
+/// the lookup that answers nothing for a processed id.
 pub async fn presence_contract(p: &dyn Presence, keeps_marks: bool) -> anyhow::Result<()> {
     let u = fresh_user();
     p.add(&u, &addr("connector-01", 1)).await?;
@@ -464,11 +465,27 @@ pub async fn presence_contract(p: &dyn Presence, keeps_marks: bool) -> anyhow::R
 
     let id = MessageId::new();
     ensure!(!p.is_processed(id).await?, "a new id is not processed");
+    p.add(&u, &addr("connector-01", 7)).await?;
+    ensure!(
+        p.lookup_unless_processed(id, &u).await? == Some(vec![addr("connector-01", 7)]),
+        "an unprocessed id: the user's sockets"
+    );
+    p.remove(&u, &addr("connector-01", 7)).await?;
+    ensure!(
+        p.lookup_unless_processed(id, &u).await? == Some(Vec::new()),
+        "an unprocessed id of an offline user: no sockets, not None"
+    );
     p.mark_processed(id).await?;
     ensure!(
         p.is_processed(id).await? == keeps_marks,
         "processed marks kept: {keeps_marks}"
     );
+    p.add(&u, &addr("connector-01", 7)).await?;
+    ensure!(
+        p.lookup_unless_processed(id, &u).await?.is_none() == keeps_marks,
+        "a processed id is not looked up (processed marks kept: {keeps_marks})"
+    );
+    p.remove(&u, &addr("connector-01", 7)).await?;
 
     // A claim holds its key for its message until the window ends.
     let key = format!("{u}:ref-1");

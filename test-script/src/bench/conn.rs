@@ -2,13 +2,15 @@
 //! time what comes back, close.
 //!
 //! The writer and the reader run concurrently in the connection's one task, so a server that
-//! is slow to read never stops this side from reading (no mutual write deadlock). Sockets are
+//! is slow to read never stops this side from reading (no mutual write deadlock). With
+//! `--ack` the reader notes the highest `seq` it was sent and the writer acknowledges it with
+//! `ACK {upTo}` at most every `--ack-every-ms`. Sockets are
 //! bound to their source address before connect, with IP_BIND_ADDRESS_NO_PORT so the kernel
 //! picks the port per (source, target) pair, not per source address.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
@@ -18,7 +20,7 @@ use serde::Deserialize;
 use std::borrow::Cow;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::watch;
-use tokio::time::{MissedTickBehavior, interval_at, timeout};
+use tokio::time::{Interval, MissedTickBehavior, interval, interval_at, timeout};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -54,6 +56,8 @@ pub struct Shared {
     pub open: AtomicUsize,
     /// Connections that finished their setup, authenticated or not.
     pub settled: AtomicUsize,
+    /// `ACK` frames sent (`--ack`).
+    pub acks: AtomicU64,
 }
 
 impl Shared {
@@ -99,9 +103,11 @@ pub async fn run(shared: Arc<Shared>, index: usize) {
     shared.open.fetch_add(1, Ordering::Relaxed);
     let (mut sink, mut stream) = ws.split();
     let mut phase = shared.phase.subscribe();
+    // The highest `seq` of a numbered frame received (`--ack`), 0 before the first.
+    let numbered = AtomicU64::new(0);
     let ended = tokio::select! {
-        r = write(&shared, index, &mut sink) => r,
-        r = read(&shared, index, &mut stream) => r,
+        r = write(&shared, index, &mut sink, &numbered) => r,
+        r = read(&shared, index, &mut stream, &numbered) => r,
         _ = phase.wait_for(|p| *p == Phase::Done) => Ok(()),
     };
     shared.open.fetch_sub(1, Ordering::Relaxed);
@@ -127,7 +133,7 @@ async fn open(shared: &Shared, index: usize) -> Result<Ws, (ErrorKind, anyhow::E
             .await
             .map_err(|e| (ErrorKind::Handshake, anyhow!(e)))?;
     let user = plan.user(index);
-    authenticate(&mut ws, &plan.options.app_id, &user)
+    authenticate(&mut ws, &plan.options.app_id, &user, plan.options.ack)
         .await
         .map_err(|e| (ErrorKind::Auth, e))?;
     let o = &plan.options;
@@ -200,6 +206,9 @@ struct Incoming<'a> {
     kind: Cow<'a, str>,
     #[serde(default, borrow)]
     data: Option<Data<'a>>,
+    /// The number of a frame to an acking socket.
+    #[serde(default)]
+    seq: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -211,11 +220,14 @@ struct Data<'a> {
     reason: Option<Cow<'a, str>>,
     #[serde(default)]
     is_authenticated: Option<bool>,
+    #[serde(default)]
+    ack: Option<bool>,
 }
 
-async fn authenticate(ws: &mut Ws, app_id: &str, user: &str) -> anyhow::Result<()> {
+async fn authenticate(ws: &mut Ws, app_id: &str, user: &str, ack: bool) -> anyhow::Result<()> {
+    let ack_field = if ack { r#","ack":true"# } else { "" };
     let auth = format!(
-        r#"{{"type":"AUTH_CLIENT","data":{{"appId":"{app_id}","userId":"{user}","token":"bench"}}}}"#
+        r#"{{"type":"AUTH_CLIENT","data":{{"appId":"{app_id}","userId":"{user}","token":"bench"{ack_field}}}}}"#
     );
     ws.send(Message::Text(auth.into())).await?;
     loop {
@@ -226,6 +238,9 @@ async fn authenticate(ws: &mut Ws, app_id: &str, user: &str) -> anyhow::Result<(
                 if frame.kind == "AUTH_CLIENT_REPLY" {
                     let data = frame.data.unwrap_or_default();
                     if data.is_authenticated == Some(true) {
+                        if ack && data.ack != Some(true) {
+                            bail!("{user}: the server does not speak acknowledged delivery");
+                        }
                         return Ok(());
                     }
                     bail!(
@@ -242,20 +257,27 @@ async fn authenticate(ws: &mut Ws, app_id: &str, user: &str) -> anyhow::Result<(
     }
 }
 
-/// Sends a MESSAGE every interval while the run is warming up or measuring.
+/// Sends a MESSAGE every interval while the run is warming up or measuring; acknowledges
+/// numbered frames all along with `--ack`.
 async fn write(
     shared: &Shared,
     index: usize,
     sink: &mut SplitSink<Ws, Message>,
+    numbered: &AtomicU64,
 ) -> anyhow::Result<()> {
     let o = &shared.plan.options;
+    let mut acks = Acks::new(shared, numbered);
     let mut phase = shared.phase.subscribe();
-    phase.wait_for(|p| *p >= Phase::Warmup).await?;
+    tokio::select! {
+        r = phase.wait_for(|p| *p >= Phase::Warmup) => { r?; }
+        r = acks.run(sink) => return r,
+    }
     if o.workload == Workload::Broadcast {
-        return publish_once(shared, index, sink).await;
+        publish_once(shared, index, sink).await?;
+        return acks.run(sink).await;
     }
     if o.interval_ms == 0 {
-        return std::future::pending().await;
+        return acks.run(sink).await;
     }
     let every = Duration::from_millis(o.interval_ms);
     // Spread the connections' first sends over one interval so they do not tick together.
@@ -266,7 +288,10 @@ async fn write(
     let prefix = frame_prefix(&shared.plan.user(peer), o.feature.wire_name());
     let capacity = prefix.len() + o.size.max(64) + FRAME_SUFFIX.len();
     loop {
-        ticker.tick().await;
+        tokio::select! {
+            _ = ticker.tick() => {}
+            r = acks.next(sink) => { r?; continue; }
+        }
         let now = *phase.borrow();
         if now >= Phase::Drain {
             break;
@@ -292,12 +317,64 @@ async fn write(
             return Err(anyhow!(e).context("send failed"));
         }
     }
-    std::future::pending().await
+    acks.run(sink).await
+}
+
+/// One connection's `ACK`s (`--ack`): every tick, `ACK {upTo}` for the highest numbered frame
+/// received, if one came since the last `ACK`. Without `--ack`, never anything.
+struct Acks<'a> {
+    shared: &'a Shared,
+    numbered: &'a AtomicU64,
+    ticker: Option<Interval>,
+    acked: u64,
+}
+
+impl<'a> Acks<'a> {
+    fn new(shared: &'a Shared, numbered: &'a AtomicU64) -> Acks<'a> {
+        let ticker = shared.plan.options.ack.then(|| {
+            let mut t = interval(Duration::from_millis(shared.plan.options.ack_every_ms));
+            t.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            t
+        });
+        Acks {
+            shared,
+            numbered,
+            ticker,
+            acked: 0,
+        }
+    }
+
+    /// Waits for the next tick and acknowledges what came since the last `ACK`.
+    async fn next(&mut self, sink: &mut SplitSink<Ws, Message>) -> anyhow::Result<()> {
+        let Some(ticker) = self.ticker.as_mut() else {
+            return std::future::pending().await;
+        };
+        ticker.tick().await;
+        let up_to = self.numbered.load(Ordering::Relaxed);
+        if up_to <= self.acked {
+            return Ok(());
+        }
+        let frame = format!(r#"{{"type":"ACK","data":{{"upTo":{up_to}}}}}"#);
+        sink.send(Message::Text(frame.into()))
+            .await
+            .context("ACK not sent")?;
+        self.acked = up_to;
+        self.shared.acks.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Acknowledges at every tick until the run ends (the caller's select drops it).
+    async fn run(&mut self, sink: &mut SplitSink<Ws, Message>) -> anyhow::Result<()> {
+        loop {
+            self.next(sink).await?;
+        }
+    }
 }
 
 /// `broadcast`: a publisher sends one GROUP_MESSAGE to every subscriber (or one
 /// CHANNEL_MESSAGE to their channel) as the measured phase starts, taking one sequence number
-/// per subscriber; a subscriber sends nothing.
+/// per subscriber; a subscriber sends nothing. Returns at once for a subscriber, or for a
+/// run that ended before its measured phase.
 async fn publish_once(
     shared: &Shared,
     index: usize,
@@ -305,7 +382,7 @@ async fn publish_once(
 ) -> anyhow::Result<()> {
     let o = &shared.plan.options;
     if index >= o.publishers {
-        return std::future::pending().await;
+        return Ok(());
     }
     let subscribers: Vec<String> = (o.publishers..o.publishers + o.subscribers)
         .map(|i| shared.plan.user(i))
@@ -317,7 +394,7 @@ async fn publish_once(
     };
     let mut phase = shared.phase.subscribe();
     if *phase.wait_for(|p| *p >= Phase::Measure).await? != Phase::Measure {
-        return std::future::pending().await;
+        return Ok(());
     }
     let seq = shared.ledger.sent(index, true);
     for _ in 1..o.subscribers {
@@ -332,12 +409,16 @@ async fn publish_once(
     frame.push_str(FRAME_SUFFIX);
     sink.send(Message::Text(frame.into()))
         .await
-        .context("send failed")?;
-    std::future::pending().await
+        .context("send failed")
 }
 
 /// Reads frames until the socket ends: times MESSAGEs, counts error frames.
-async fn read(shared: &Shared, index: usize, stream: &mut SplitStream<Ws>) -> anyhow::Result<()> {
+async fn read(
+    shared: &Shared,
+    index: usize,
+    stream: &mut SplitStream<Ws>,
+    numbered: &AtomicU64,
+) -> anyhow::Result<()> {
     let o = &shared.plan.options;
     let offset = o.workload.receipt_offset(index, o.publishers);
     loop {
@@ -355,6 +436,9 @@ async fn read(shared: &Shared, index: usize, stream: &mut SplitStream<Ws>) -> an
             });
             continue;
         };
+        if let Some(seq) = frame.seq {
+            numbered.fetch_max(seq, Ordering::Relaxed);
+        }
         let stamp = match frame.kind.as_ref() {
             "MESSAGE" | "CHANNEL_MESSAGE" => frame
                 .data
@@ -373,6 +457,8 @@ async fn read(shared: &Shared, index: usize, stream: &mut SplitStream<Ws>) -> an
                     .record(ErrorKind::GeneralError, || text.to_string());
                 continue;
             }
+            // An acking socket's end of resume after login, and replies to referenced sends.
+            "RESUME_COMPLETE" | "MESSAGE_ACCEPTED" => continue,
             _ => None,
         };
         match stamp {

@@ -61,6 +61,7 @@ pub async fn run(options: Options) -> anyhow::Result<Summary> {
         padding: "x".repeat(o.size),
         open: Default::default(),
         settled: Default::default(),
+        acks: Default::default(),
         plan,
     });
     let progress = (!o.quiet).then(|| tokio::spawn(report_progress(shared.clone())));
@@ -157,6 +158,8 @@ pub async fn run(options: Options) -> anyhow::Result<Summary> {
             0
         },
         channel: o.workload == workload::Workload::Broadcast && o.channel,
+        ack: o.ack,
+        acks_sent: shared.acks.load(Ordering::Relaxed),
         connected,
         open_at_end,
         interval_ms: o.interval_ms,

@@ -67,6 +67,15 @@ pub struct Options {
     /// interval or on receipt of the previous message, whichever is later.
     #[arg(long, default_value_t = 0)]
     pub max_in_flight: u64,
+    /// Log in with `"ack": true` (acknowledged delivery, protocol.md section 10): RELIABLE
+    /// frames arrive numbered, and each connection acknowledges them with `ACK {upTo}`,
+    /// batched every `--ack-every-ms`.
+    #[arg(long)]
+    pub ack: bool,
+    /// `--ack`: at most one `ACK` per connection this often, covering every numbered frame
+    /// received since the last.
+    #[arg(long, default_value_t = 50)]
+    pub ack_every_ms: u64,
     /// The messages' `feature`.
     #[arg(long, value_enum, ignore_case = true, default_value_t = Feature::Fast)]
     pub feature: Feature,
@@ -221,6 +230,10 @@ impl Options {
         ensure!(
             (1..=MAX_SIZE).contains(&o.size),
             "--size must be 1..={MAX_SIZE}"
+        );
+        ensure!(
+            (1..=10_000).contains(&o.ack_every_ms),
+            "--ack-every-ms must be 1..=10000"
         );
         ensure!(
             (1..=20_000).contains(&o.connect_rate),

@@ -47,6 +47,10 @@ pub struct Summary {
     pub subscribers: usize,
     /// `broadcast --channel`: one CHANNEL_MESSAGE per publisher instead of a GROUP_MESSAGE.
     pub channel: bool,
+    /// `--ack`: the connections logged in acking and acknowledged numbered frames.
+    pub ack: bool,
+    /// `ACK` frames sent over the whole run.
+    pub acks_sent: u64,
     /// Connections authenticated by the end of the ramp-up.
     pub connected: usize,
     /// Connections still open at the end of the measured phase.
@@ -145,6 +149,13 @@ impl fmt::Display for Summary {
                     "GROUP_MESSAGE"
                 },
                 self.publishers * self.subscribers
+            )?;
+        }
+        if self.ack {
+            writeln!(
+                f,
+                "  ack          acking sockets: {} ACK frames sent",
+                self.acks_sent
             )?;
         }
         writeln!(
