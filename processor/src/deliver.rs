@@ -219,7 +219,7 @@ impl Processor {
         }
         debug!(user = %message.to, id = %message.id, seq, "kept while offline; written to a socket that logged in meanwhile");
         metrics::counter!("linker_kept_then_written_total").increment(1);
-        record_delivery(Feature::Reliable, message.created_at);
+        self.record_delivery(Feature::Reliable, message.created_at);
         if let Some(confirm) = message.confirm.clone() {
             self.confirm(confirm, message.id).await?;
             self.confirmed(&message.to, message.id).await?;
