@@ -1,18 +1,24 @@
 //! The store on MongoDB: collection `messages`, one document per (user, message id) keyed
 //! `_id: "<user>/<message id>"`, so a redelivered persist hits the duplicate key and is a no-op.
-//! A user's order is `seq` = the user's highest stored `seq` + 1, guarded by a unique `{to, seq}`
-//! index: a writer that loses the race takes the next. No findAndModify counter: FerretDB v1
-//! (the test engine) runs it as a read then a write, so two writers can draw the same number.
-//! So that a user's numbers are never reused, removing the user's highest-numbered message
-//! leaves a `gone` tombstone (no frame) in its place, which reads skip and the next removal of
-//! a highest message clears. Channel history is in `mongo_channels`, numbered the same way.
+//! A user's numbers come from a counter document in `message_counters` (`_id: "<user>"`:
+//! `seq`, the highest number drawn, and `kept`, how many messages are kept, as a hint), drawn
+//! with one `$inc`; a unique `{to, seq}` index guards the order, and a writer whose number is
+//! taken draws again. So the hot path finds documents by `_id` only: FerretDB 1.x (the test
+//! engine) scans the whole collection for any other filter (docs/benchmarks.md, perf7).
+//! FerretDB runs `findAndModify` as a read then a write, so two writers may draw the same
+//! number (the index sends one to draw again). A new counter (a user's first message, or
+//! messages stored before counters existed) and a `kept` hint near the bound are checked
+//! against the messages themselves. A removed message is marked `gone` (an update by `_id`;
+//! FerretDB deletes only by scanning) and reads skip it; a user's `gone` documents are deleted
+//! together every `SWEEP_EVERY` removals. Channel history is in `mongo_channels`, numbered by
+//! the highest stored number.
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 use mongodb::bson::{Document, doc};
 use mongodb::error::{Error as MongoError, ErrorKind, WriteFailure};
-use mongodb::options::{ClientOptions, IndexOptions};
+use mongodb::options::{ClientOptions, IndexOptions, ReturnDocument};
 use mongodb::{Client, Collection, IndexModel};
 use serde::{Deserialize, Serialize};
 
@@ -33,6 +39,9 @@ pub const SERVER_SELECTION_TIMEOUT: Duration = Duration::from_secs(2);
 /// Most times a persist retries after losing the race for a `seq` to another writer.
 pub(crate) const MAX_SEQ_ATTEMPTS: usize = 64;
 const DUPLICATE_KEY: i32 = 11000;
+/// A user's `gone` documents are deleted (one scan of the collection on FerretDB) once this
+/// many have gathered.
+const SWEEP_EVERY: i64 = 64;
 
 /// A stored message as it lies in the collection; fields readable by an operator.
 #[derive(Debug, Serialize, Deserialize)]
@@ -64,6 +73,19 @@ fn kept_by(user: &str) -> Document {
 struct ConfirmDoc {
     to: String,
     reference: String,
+}
+
+/// A user's counter document: the highest number drawn, and how many messages are kept (a
+/// hint: rechecked against the messages when it is new or near the bound).
+#[derive(Debug, Deserialize)]
+struct CounterDoc {
+    #[serde(default)]
+    seq: i64,
+    #[serde(default)]
+    kept: i64,
+    /// Messages marked `gone` and not yet deleted.
+    #[serde(default)]
+    gone: i64,
 }
 
 /// Just the `seq` of a document, for the "highest seq" query.
@@ -148,6 +170,7 @@ impl MessageDoc {
 
 pub struct MongoStore {
     messages: Collection<MessageDoc>,
+    counters: Collection<Document>,
     channels: MongoChannels,
     timeout: Duration,
 }
@@ -184,6 +207,7 @@ impl MongoStore {
             .unwrap_or_else(|_| Err(unavailable("no answer creating the channel index")))?;
         let store = MongoStore {
             messages: db.collection("messages"),
+            counters: db.collection("message_counters"),
             channels,
             timeout: OPERATION_TIMEOUT,
         };
@@ -223,14 +247,34 @@ impl MongoStore {
             .unwrap_or_else(|_| Err(unavailable(format!("no answer within {:?}", self.timeout))))
     }
 
-    /// The highest `seq` stored for `user`, 0 if none.
-    async fn last_seq(&self, user: &str) -> Result<i64, StoreError> {
-        last_seq(&self.messages, doc! { "to": user }).await
-    }
-
     /// The `seq` of the document `key`, if it is stored.
     async fn seq_of(&self, key: &str) -> Result<Option<i64>, StoreError> {
         seq_of(&self.messages, key).await
+    }
+
+    /// Draws the next number for `user` and counts one more message kept.
+    async fn draw(&self, user: &str) -> Result<CounterDoc, StoreError> {
+        self.counters
+            .clone_with_type::<CounterDoc>()
+            .find_one_and_update(
+                doc! { "_id": user },
+                doc! { "$inc": { "seq": 1_i64, "kept": 1_i64 } },
+            )
+            .upsert(true)
+            .return_document(ReturnDocument::After)
+            .await
+            .map_err(unavailable)?
+            .ok_or_else(|| unavailable("the counter upsert answered no document"))
+    }
+
+    /// Applies `update` to `user`'s counter.
+    async fn count(&self, user: &str, update: Document) -> Result<(), StoreError> {
+        self.counters
+            .update_one(doc! { "_id": user }, update)
+            .upsert(true)
+            .await
+            .map(drop)
+            .map_err(unavailable)
     }
 
     async fn persist_once(
@@ -239,30 +283,48 @@ impl MongoStore {
         max_kept: u64,
     ) -> Result<Persisted, StoreError> {
         let user = m.to.as_str();
-        let kept = self
-            .messages
-            .count_documents(kept_by(user))
-            .await
-            .map_err(unavailable)?;
-        if kept >= max_kept {
-            // Full, unless this is a redelivery of a message kept already.
-            return Ok(match self.seq_of(&key(&m.to, m.id)).await? {
-                Some(seq) => Persisted::Kept(seq.max(0) as u64),
-                None => Persisted::Full,
-            });
+        let key = key(&m.to, m.id);
+        if let Some(seq) = self.seq_of(&key).await? {
+            return Ok(Persisted::Kept(seq.max(0) as u64)); // a redelivery
         }
+        let max_kept = max_kept.min(i64::MAX as u64) as i64;
+        let near = max_kept - max_kept / 10;
         for _ in 0..MAX_SEQ_ATTEMPTS {
-            let seq = self.last_seq(user).await? + 1;
-            let doc = MessageDoc::new(m, seq);
+            let drawn = self.draw(user).await?;
+            if drawn.seq == 1 || drawn.kept >= near {
+                // The messages themselves say how many are kept, and which numbers are taken.
+                let kept = self
+                    .messages
+                    .count_documents(kept_by(user))
+                    .await
+                    .map_err(unavailable)? as i64;
+                let last = last_seq(&self.messages, doc! { "to": user }).await?;
+                if kept >= max_kept || last >= drawn.seq {
+                    self.count(
+                        user,
+                        doc! { "$set": { "kept": kept }, "$max": { "seq": last } },
+                    )
+                    .await?;
+                    if kept >= max_kept {
+                        return Ok(Persisted::Full);
+                    }
+                    continue; // numbers up to `last` were taken before this counter: past them
+                }
+                self.count(user, doc! { "$set": { "kept": kept + 1 } })
+                    .await?;
+            }
+            let doc = MessageDoc::new(m, drawn.seq);
             match self.messages.insert_one(&doc).await {
-                Ok(_) => return Ok(Persisted::Kept(seq as u64)),
+                Ok(_) => return Ok(Persisted::Kept(drawn.seq as u64)),
                 Err(e) if is_duplicate_key(&e) => {
-                    // Either this id is stored already (a redelivery: done), or another writer
-                    // took this seq first (take the next one).
+                    self.count(user, doc! { "$inc": { "kept": -1_i64 } })
+                        .await?;
+                    // Either this id is stored already (a redelivery at the same moment: done),
+                    // or the number is taken (draw again).
                     if let Some(seq) = self.seq_of(&doc.key).await? {
                         return Ok(Persisted::Kept(seq.max(0) as u64));
                     }
-                    tracing::debug!(user, seq, "another writer took this seq; taking the next");
+                    tracing::debug!(user, seq = drawn.seq, "number taken; drawing again");
                 }
                 Err(e) => return Err(unavailable(e)),
             }
@@ -309,31 +371,46 @@ impl MongoStore {
         Ok(Fetched { messages, total })
     }
 
-    /// Deletes the message, or, if it holds the user's highest number, leaves a tombstone
-    /// there and clears older tombstones.
+    /// Marks the message `gone` (found by `_id` alone: FerretDB deletes only by scanning the
+    /// collection, while it updates by `_id` directly) and counts one message fewer kept; every
+    /// `SWEEP_EVERY` removals of a user, that user's `gone` documents are deleted at once.
     async fn remove_once(&self, user: &UserId, id: MessageId) -> Result<(), StoreError> {
-        let key = key(user, id);
-        let Some(seq) = self.seq_of(&key).await? else {
-            return Ok(());
-        };
-        if seq < self.last_seq(user.as_str()).await? {
-            self.messages
-                .delete_one(doc! { "_id": &key })
-                .await
-                .map_err(unavailable)?;
-            return Ok(());
-        }
-        self.messages
+        let marked = self
+            .messages
             .update_one(
-                doc! { "_id": &key },
+                doc! { "_id": key(user, id) },
                 doc! { "$set": { "gone": true, "frame": "" }, "$unset": { "confirm": "" } },
             )
             .await
-            .map_err(unavailable)?;
-        self.messages
-            .delete_many(doc! { "to": user.as_str(), "gone": true, "seq": { "$lt": seq } })
+            .map_err(unavailable)?
+            .modified_count;
+        if marked == 0 {
+            return Ok(()); // not kept, or removed already
+        }
+        let counter = self
+            .counters
+            .clone_with_type::<CounterDoc>()
+            .find_one_and_update(
+                doc! { "_id": user.as_str() },
+                doc! { "$inc": { "kept": -1_i64, "gone": 1_i64 } },
+            )
+            .upsert(true)
+            .return_document(ReturnDocument::After)
             .await
             .map_err(unavailable)?;
+        if counter.is_some_and(|c| c.gone >= SWEEP_EVERY) {
+            let swept = self
+                .messages
+                .delete_many(doc! { "to": user.as_str(), "gone": true })
+                .await
+                .map_err(unavailable)?
+                .deleted_count;
+            self.count(
+                user.as_str(),
+                doc! { "$inc": { "gone": -(swept.min(i64::MAX as u64) as i64) } },
+            )
+            .await?;
+        }
         Ok(())
     }
 }

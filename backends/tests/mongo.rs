@@ -198,3 +198,44 @@ async fn a_fetch_with_limit_zero_returns_only_the_total() {
     assert_eq!((f.total, f.messages.len()), (3, 0));
     db.drop().await;
 }
+
+#[tokio::test]
+async fn a_store_written_before_counters_numbers_past_its_highest_number() {
+    let db = Database::fresh("upgrade");
+    let store = db.store().await;
+    let user = fresh_user();
+    // What an earlier version left: messages 1 and 2 kept, and a tombstone holding number 5
+    // (its highest message was acknowledged), with no counter document.
+    let client = mongodb::Client::with_uri_str(mongo_url()).await.unwrap();
+    let messages = client
+        .database(&db.0)
+        .collection::<mongodb::bson::Document>("messages");
+    for (seq, gone) in [(1_i64, false), (2, false), (5, true)] {
+        let id = MessageId::new();
+        messages
+            .insert_one(mongodb::bson::doc! {
+                "_id": format!("{user}/{id}"), "to": user.as_str(), "seq": seq,
+                "id": id.to_string(), "created_at": 1_i64,
+                "frame": if gone { String::new() } else { format!("old-{seq}") }, "gone": gone,
+            })
+            .await
+            .unwrap();
+    }
+    let kept = store
+        .persist(&message(&user, MessageId::new(), 2, "new"), 3)
+        .await
+        .unwrap();
+    assert_eq!(
+        kept,
+        common::store::Persisted::Kept(6),
+        "past the tombstone's 5"
+    );
+    assert_eq!(frames(&store, &user).await, ["old-1", "old-2", "new"]);
+    // The bound counts what the earlier version kept: 3 are kept, a fourth is refused.
+    let full = store
+        .persist(&message(&user, MessageId::new(), 3, "over"), 3)
+        .await
+        .unwrap();
+    assert_eq!(full, common::store::Persisted::Full);
+    db.drop().await;
+}
