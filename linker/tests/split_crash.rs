@@ -156,7 +156,7 @@ async fn login_anywhere(
     }
 }
 
-/// Receives until `expected` distinct messages came (or 90 s passed), reconnecting wherever it
+/// Receives until `expected` distinct messages came (or 240 s passed), reconnecting wherever it
 /// can when its socket dies. An acking receiver acknowledges each numbered frame at once; an
 /// original one fetches after each login and whenever nothing came for a second.
 async fn receive(
@@ -167,7 +167,8 @@ async fn receive(
 ) -> anyhow::Result<Seen> {
     let mut seen = Seen::default();
     let mut on_socket: HashMap<String, ()> = HashMap::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    // Past the senders' own limit (a slow engine restart), so nothing still coming is missed.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(240);
     let mut c = login_anywhere(&urls, &user, ack).await?;
     let fetch = json!({"type":"FETCH_MISSING_MESSAGES_REQUEST","data":{"count":2000}});
     if !ack {
@@ -422,7 +423,9 @@ async fn send_accepted(
         for r in &to {
             let content = format!("s{si}-{n:04}");
             let reference = format!("{r}-{content}");
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+            // An engine's restart can take a while (Kafka's, after a stop that hung, has taken
+            // more than a minute): a sender keeps trying for longer than that.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(150);
             'accepted: loop {
                 anyhow::ensure!(
                     tokio::time::Instant::now() < deadline,
