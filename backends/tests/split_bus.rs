@@ -364,6 +364,18 @@ async fn receive_fast(
     (seen, took)
 }
 
+/// `rounds` FAST envelopes from each of `senders`, numbered from 0, one round after another.
+async fn publish_rounds(connector: &SplitBus, senders: &HashSet<UserId>, rounds: u32) {
+    for n in 0..rounds {
+        for s in senders {
+            connector
+                .publish(envelope(s, Feature::Fast, n))
+                .await
+                .unwrap();
+        }
+    }
+}
+
 #[tokio::test]
 async fn fast_envelopes_go_to_the_owner_of_the_sender_s_partition_in_order() {
     const SENDERS: u64 = 16;
@@ -377,14 +389,7 @@ async fn fast_envelopes_go_to_the_owner_of_the_sender_s_partition_in_order() {
     let mut rx_b = b.consume("processor-b").await.unwrap();
 
     let senders: HashSet<UserId> = (0..SENDERS).map(|s| user(7000 + s)).collect();
-    for n in 0..EACH {
-        for s in &senders {
-            connector
-                .publish(envelope(s, Feature::Fast, n))
-                .await
-                .unwrap();
-        }
-    }
+    publish_rounds(&connector, &senders, EACH).await;
     let (seen, took) = receive_fast(&mut [&mut rx_a, &mut rx_b], &senders, EACH as usize).await;
     let in_order: Vec<u32> = (0..EACH).collect();
     let on_a = took.values().filter(|p| p.contains(&0)).count();
@@ -433,14 +438,7 @@ async fn fast_envelopes_go_to_the_owner_of_the_sender_s_partition_in_order() {
         left.elapsed()
     );
     // Probes still on their way are left out below.
-    for n in 0..EACH {
-        for s in &senders {
-            connector
-                .publish(envelope(s, Feature::Fast, n))
-                .await
-                .unwrap();
-        }
-    }
+    publish_rounds(&connector, &senders, EACH).await;
     let (seen, _) = receive_fast(&mut [&mut rx_a], &senders, EACH as usize).await;
     for s in &senders {
         assert_eq!(seen.get(s), Some(&in_order), "{s} after the rebalance");
