@@ -805,7 +805,9 @@ pub async fn acking_client_gets_unacknowledged_messages_again_on_another_connect
     b.send(&json!({"type":"ACK","data":{"upTo":live[0].1}}))
         .await?;
     b.sync().await?;
-    b.close().await;
+    // Closing cleanly: the server answers the close once the ACKs it read are handed on, so
+    // the next login's resume cannot overtake them (protocol.md 10.2).
+    b.close_cleanly().await?;
     a.message(&b_id, "m3", "RELIABLE", None).await?;
     a.sync().await?;
     // Back on another connector: what was not acknowledged comes first, in order, with the
@@ -845,7 +847,7 @@ pub async fn an_acknowledged_message_is_never_sent_again(d: &dyn Deployment) -> 
     ensure!(c["data"]["reference"] == "w1", "{c}");
     b.ack(&[&got[0]]).await?;
     b.sync().await?;
-    b.close().await;
+    b.close_cleanly().await?;
     let mut b = Client::login_ack(&d.ws_url(0), &b_id).await?;
     let (got, resent) = resumed(&mut b).await?;
     ensure!(got.is_empty() && resent == 0, "sent again: {got:?}");
@@ -956,7 +958,7 @@ pub async fn an_acking_fetch_keeps_messages_until_acknowledged(
         fetched == vec![json!({"type":"MESSAGE","data":{"from":a_id,"content":"f2"}})] && left == 0,
         "{fetched:?} left {left}"
     );
-    b.close().await;
+    b.close_cleanly().await?;
     let mut b = Client::login_ack(&d.ws_url(1), &b_id).await?;
     let (again, resent) = resumed(&mut b).await?;
     ensure!(again.is_empty() && resent == 0, "{again:?}");
