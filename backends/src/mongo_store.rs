@@ -6,13 +6,18 @@
 //! taken draws again. So the hot path finds documents by `_id` only: FerretDB 1.x (the test
 //! engine) scans the whole collection for any other filter (docs/benchmarks.md, perf7).
 //! FerretDB runs `findAndModify` as a read then a write, so two writers may draw the same
-//! number (the index sends one to draw again). A new counter (a user's first message, or
+//! number (the index sends one to draw again), and a writer with a stale read may even set the
+//! counter back. So each handle also remembers the last number it gave each user
+//! (`Numbered`) and never gives that user a lower one: one writer's messages keep their order
+//! whatever the counter says. A new counter (a user's first message, or
 //! messages stored before counters existed) and a `kept` hint near the bound are checked
 //! against the messages themselves. A removed message is marked `gone` (an update by `_id`;
 //! FerretDB deletes only by scanning) and reads skip it; a user's `gone` documents are deleted
 //! together every `SWEEP_EVERY` removals. Channel history is in `mongo_channels`, numbered by
 //! the highest stored number.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -173,6 +178,37 @@ pub struct MongoStore {
     counters: Collection<Document>,
     channels: MongoChannels,
     timeout: Duration,
+    /// The last number this handle gave each user.
+    given: LastGiven,
+}
+
+/// The last number a handle gave each user, so it never gives one a lower number: the counter
+/// can go back on an engine whose `findAndModify` is not atomic (FerretDB). Forgets everyone
+/// once `LAST_GIVEN_USERS` are remembered (memory stays bounded); a forgotten user's next
+/// number is the counter's again.
+#[derive(Default)]
+struct LastGiven(Mutex<HashMap<String, i64>>);
+
+/// Users a handle remembers the last number of.
+const LAST_GIVEN_USERS: usize = 100_000;
+
+impl LastGiven {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, i64>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn get(&self, user: &str) -> i64 {
+        self.lock().get(user).copied().unwrap_or(0)
+    }
+
+    fn gave(&self, user: &str, seq: i64) {
+        let mut given = self.lock();
+        if given.len() >= LAST_GIVEN_USERS && !given.contains_key(user) {
+            given.clear();
+        }
+        let last = given.entry(user.to_owned()).or_insert(0);
+        *last = (*last).max(seq);
+    }
 }
 
 pub(crate) fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -210,6 +246,7 @@ impl MongoStore {
             counters: db.collection("message_counters"),
             channels,
             timeout: OPERATION_TIMEOUT,
+            given: LastGiven::default(),
         };
         let order = IndexModel::builder()
             .keys(doc! { "to": 1, "seq": 1 })
@@ -254,27 +291,30 @@ impl MongoStore {
 
     /// Draws the next number for `user` and counts one more message kept.
     async fn draw(&self, user: &str) -> Result<CounterDoc, StoreError> {
-        self.counters
-            .clone_with_type::<CounterDoc>()
-            .find_one_and_update(
-                doc! { "_id": user },
-                doc! { "$inc": { "seq": 1_i64, "kept": 1_i64 } },
-            )
-            .upsert(true)
-            .return_document(ReturnDocument::After)
+        self.count(user, doc! { "$inc": { "seq": 1_i64, "kept": 1_i64 } })
             .await
-            .map_err(unavailable)?
-            .ok_or_else(|| unavailable("the counter upsert answered no document"))
     }
 
-    /// Applies `update` to `user`'s counter.
-    async fn count(&self, user: &str, update: Document) -> Result<(), StoreError> {
-        self.counters
-            .update_one(doc! { "_id": user }, update)
-            .upsert(true)
-            .await
-            .map(drop)
-            .map_err(unavailable)
+    /// Applies `update` to `user`'s counter, creating it if it is missing, and answers the
+    /// counter after the update. Two handles that create the same counter at once race: the
+    /// loser's upsert fails with a duplicate key (the engine does not retry it), and is
+    /// applied again, now to the winner's document.
+    async fn count(&self, user: &str, update: Document) -> Result<CounterDoc, StoreError> {
+        let counters = self.counters.clone_with_type::<CounterDoc>();
+        let mut lost_race = false;
+        loop {
+            let counted = counters
+                .find_one_and_update(doc! { "_id": user }, update.clone())
+                .upsert(true)
+                .return_document(ReturnDocument::After)
+                .await;
+            match counted {
+                Ok(Some(counter)) => return Ok(counter),
+                Ok(None) => return Err(unavailable("the counter upsert answered no document")),
+                Err(e) if is_duplicate_key(&e) && !lost_race => lost_race = true,
+                Err(e) => return Err(unavailable(e)),
+            }
+        }
     }
 
     async fn persist_once(
@@ -289,8 +329,10 @@ impl MongoStore {
         }
         let max_kept = max_kept.min(i64::MAX as u64) as i64;
         let near = max_kept - max_kept / 10;
+        // Numbers up to `floor` are taken or were given by this handle: never use them.
+        let mut floor = self.given.get(user);
         for _ in 0..MAX_SEQ_ATTEMPTS {
-            let drawn = self.draw(user).await?;
+            let mut drawn = self.draw(user).await?;
             if drawn.seq == 1 || drawn.kept >= near {
                 // The messages themselves say how many are kept, and which numbers are taken.
                 let kept = self
@@ -308,15 +350,27 @@ impl MongoStore {
                     if kept >= max_kept {
                         return Ok(Persisted::Full);
                     }
+                    floor = floor.max(last);
                     continue; // numbers up to `last` were taken before this counter: past them
                 }
                 self.count(user, doc! { "$set": { "kept": kept + 1 } })
                     .await?;
             }
+            if drawn.seq <= floor {
+                // The counter went back (a stale write of another writer): past the floor, and
+                // the counter follows for the next draw.
+                drawn.seq = floor + 1;
+                self.count(user, doc! { "$max": { "seq": drawn.seq } })
+                    .await?;
+            }
             let doc = MessageDoc::new(m, drawn.seq);
             match self.messages.insert_one(&doc).await {
-                Ok(_) => return Ok(Persisted::Kept(drawn.seq as u64)),
+                Ok(_) => {
+                    self.given.gave(user, drawn.seq);
+                    return Ok(Persisted::Kept(drawn.seq as u64));
+                }
                 Err(e) if is_duplicate_key(&e) => {
+                    floor = floor.max(drawn.seq);
                     self.count(user, doc! { "$inc": { "kept": -1_i64 } })
                         .await?;
                     // Either this id is stored already (a redelivery at the same moment: done),
@@ -388,17 +442,12 @@ impl MongoStore {
             return Ok(()); // not kept, or removed already
         }
         let counter = self
-            .counters
-            .clone_with_type::<CounterDoc>()
-            .find_one_and_update(
-                doc! { "_id": user.as_str() },
+            .count(
+                user.as_str(),
                 doc! { "$inc": { "kept": -1_i64, "gone": 1_i64 } },
             )
-            .upsert(true)
-            .return_document(ReturnDocument::After)
-            .await
-            .map_err(unavailable)?;
-        if counter.is_some_and(|c| c.gone >= SWEEP_EVERY) {
+            .await?;
+        if counter.gone >= SWEEP_EVERY {
             let swept = self
                 .messages
                 .delete_many(doc! { "to": user.as_str(), "gone": true })

@@ -239,3 +239,57 @@ async fn a_store_written_before_counters_numbers_past_its_highest_number() {
     assert_eq!(full, common::store::Persisted::Full);
     db.drop().await;
 }
+
+#[tokio::test]
+async fn a_counter_set_back_never_numbers_a_writers_next_message_lower() {
+    // FerretDB's findAndModify is a read then a write: a writer with a stale read sets the
+    // counter back. This sets it back on purpose, below numbers this handle gave and below
+    // one another handle gave meanwhile, with free numbers below them (numbers drawn by
+    // writers that then failed).
+    let db = Database::fresh("setback");
+    let (store, other) = (db.store().await, db.store().await);
+    let user = fresh_user();
+    let counters = mongodb::Client::with_uri_str(mongo_url())
+        .await
+        .unwrap()
+        .database(&db.0)
+        .collection::<mongodb::bson::Document>("message_counters");
+    let set_counter = |seq: i64| {
+        counters.update_one(
+            mongodb::bson::doc! { "_id": user.as_str() },
+            mongodb::bson::doc! { "$set": { "seq": seq } },
+        )
+    };
+    let mut numbers = Vec::new();
+    for i in 0..3 {
+        if i == 2 {
+            set_counter(10).await.unwrap(); // numbers 3 to 10 stay free
+        }
+        let kept = store
+            .persist(&message(&user, MessageId::new(), i, &format!("a{i}")), 1000)
+            .await
+            .unwrap();
+        numbers.push(kept);
+    }
+    let common::store::Persisted::Kept(third) = numbers[2] else {
+        panic!("kept: {numbers:?}");
+    };
+    let taken = other
+        .persist(&message(&user, MessageId::new(), 3, "b0"), 1000)
+        .await
+        .unwrap();
+    assert_eq!(taken, common::store::Persisted::Kept(third + 1));
+    set_counter(1).await.unwrap();
+    let next = store
+        .persist(&message(&user, MessageId::new(), 4, "a3"), 1000)
+        .await
+        .unwrap();
+    assert_eq!(
+        next,
+        common::store::Persisted::Kept(third + 2),
+        "past its own {third} and the other handle's {}",
+        third + 1
+    );
+    assert_eq!(frames(&store, &user).await, ["a0", "a1", "a2", "b0", "a3"]);
+    db.drop().await;
+}
