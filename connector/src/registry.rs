@@ -396,7 +396,10 @@ fn deliver(shared: &Shared, targets: Vec<Target>, d: Delivery, reply: Option<Rep
                 }
             }
         }
+        // A redelivered RELIABLE message (the bus is at least once) is written once; a FAST
+        // one is never redelivered, so it skips the check.
         if let Some(id) = d.id
+            && d.feature == Feature::Reliable
             && !handle.first_time(id.0.as_u128())
         {
             debug!(user = %target.user, socket = target.socket, %id, "already written; not again");

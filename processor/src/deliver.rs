@@ -508,6 +508,9 @@ impl Processor {
         frame: &str,
         to: &[UserId],
     ) -> Result<(), ProcessError> {
+        if feature == Feature::Fast {
+            return self.fan_out_fast(id, created_at, frame, to).await;
+        }
         // One lookup for all members (one round trip per batch on a shared engine).
         let found = self.presence.lookup_all(to).await?;
         let sockets: Vec<(&UserId, SocketAddress)> = to
@@ -601,6 +604,65 @@ impl Processor {
         }
         if !full.is_empty() {
             return Err(ProcessError::InboxFull(full.join(", ")));
+        }
+        Ok(())
+    }
+}
+
+impl Processor {
+    /// `fan_out` for FAST: nothing is kept or numbered, so per recipient there is only the
+    /// presence lookup and its place in a connector's command. Members with no socket, and
+    /// those no connector could be sent the command for, count as dropped.
+    async fn fan_out_fast(
+        &self,
+        id: MessageId,
+        created_at: u64,
+        frame: &str,
+        to: &[UserId],
+    ) -> Result<(), ProcessError> {
+        let found = self.presence.lookup_all(to).await?;
+        let online = found.iter().filter(|s| !s.is_empty()).count();
+        let groups = by_connector(
+            to.iter()
+                .zip(&found)
+                .flat_map(|(user, sockets)| sockets.iter().map(move |s| (user, s))),
+        );
+        let several = groups.len() > 1;
+        // With several connectors a member may have sockets on more than one: who took it.
+        let mut took: HashSet<UserId> = HashSet::new();
+        let mut unsent = 0;
+        for (connector, targets) in groups {
+            let users: Vec<UserId> = if several {
+                targets.iter().map(|t| t.user.clone()).collect()
+            } else {
+                Vec::new()
+            };
+            let command = ConnectorCommand::Deliver {
+                targets,
+                frame: frame.to_owned(),
+                feature: Feature::Fast,
+                id: Some(id),
+                ack: None,
+            };
+            let r = self.send_first(&connector, command, false, false).await?;
+            if r.written.iter().all(|w| *w) {
+                took.extend(users);
+            } else {
+                unsent += 1;
+            }
+        }
+        let reached = match (unsent, several) {
+            (0, _) => online,
+            (_, true) => took.len(),
+            (_, false) => 0,
+        };
+        if reached > 0 {
+            self.record_delivery(Feature::Fast, created_at);
+        }
+        let dropped = (to.len() - online) + (online - reached);
+        if dropped > 0 {
+            metrics::counter!("linker_fast_dropped_total", "reason" => "offline")
+                .increment(dropped as u64);
         }
         Ok(())
     }
