@@ -773,16 +773,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         } = frame;
         let body = match body {
             ClientBody::Message { to, content } => {
-                if let Err((reason, detail)) = self.may_message(&user, &to) {
+                let network = self.shared.network.current();
+                if let Err((reason, detail)) = self.may_message(&network, &user, &to) {
                     return self.refuse(reason, &detail, reference).await;
                 }
                 Body::Message { to, content }
             }
             ClientBody::GroupMessage { to, content } => {
+                // The check depends on the target's app only: once per app in a row.
+                let network = self.shared.network.current();
+                let mut checked: Option<&str> = None;
                 for target in &to {
-                    if let Err((reason, detail)) = self.may_message(&user, target) {
+                    if checked == Some(target.app()) {
+                        continue;
+                    }
+                    if let Err((reason, detail)) = self.may_message(&network, &user, target) {
                         return self.refuse(reason, &detail, reference).await;
                     }
+                    checked = Some(target.app());
                 }
                 Body::GroupMessage { to, content }
             }
@@ -1003,8 +1011,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         self.reply(frame).await;
     }
 
-    fn may_message(&self, from: &UserId, to: &UserId) -> Result<(), (&'static str, String)> {
-        if self.shared.network.current().app(to.app()).is_none() {
+    fn may_message(
+        &self,
+        network: &common::network::Network,
+        from: &UserId,
+        to: &UserId,
+    ) -> Result<(), (&'static str, String)> {
+        if network.app(to.app()).is_none() {
             return Err(("UNKNOWN_APP", format!("no client app named `{}`", to.app())));
         }
         if from.app() != to.app() && !self.shared.config.allow_cross_app {
