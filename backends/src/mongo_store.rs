@@ -203,11 +203,14 @@ impl LastGiven {
 
     fn gave(&self, user: &str, seq: i64) {
         let mut given = self.lock();
-        if given.len() >= LAST_GIVEN_USERS && !given.contains_key(user) {
+        if let Some(last) = given.get_mut(user) {
+            *last = (*last).max(seq);
+            return;
+        }
+        if given.len() >= LAST_GIVEN_USERS {
             given.clear();
         }
-        let last = given.entry(user.to_owned()).or_insert(0);
-        *last = (*last).max(seq);
+        given.insert(user.to_owned(), seq);
     }
 }
 
